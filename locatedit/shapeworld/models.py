@@ -1,0 +1,153 @@
+"""The ShapeWorld model's components: the same diffusers/transformers classes as SD 1.5 + IP-Adapter, scaled down.
+
+Image 64x64 -> latent 4x16x16 (VAE factor 4). The UNet has cross-attention at 16x16 and 8x8, the same 2:1 ratio SD
+1.5 uses at 32x32 (self-attention S, the CASA graph) and 16x16 (cross-attention m0), so the graph has 256 nodes.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers.models.embeddings import ImageProjection
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
+
+from .tokenizer import MAX_LENGTH
+from .world import IMAGE_SIZE
+
+IP_TOKENS = 4  # image tokens per embedding, as in IP-Adapter for SD 1.5
+
+
+@dataclass
+class ModelSizes:
+    """Widths of every component; the defaults are the trained model's."""
+
+    vae_channels: tuple[int, ...] = (32, 64, 64)
+    unet_channels: tuple[int, ...] = (32, 64, 128)
+    unet_heads: int = 4
+    text_width: int = 128
+    text_layers: int = 2
+    clip_width: int = 64
+    clip_layers: int = 2
+    clip_projection: int = 64
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_vae(sizes: ModelSizes) -> AutoencoderKL:
+    depth = len(sizes.vae_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * depth,
+        up_block_types=("UpDecoderBlock2D",) * depth,
+        block_out_channels=sizes.vae_channels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=IMAGE_SIZE,
+        mid_block_add_attention=False,  # fully convolutional, so training on crops matches full images
+    )
+
+
+def make_text_encoder(sizes: ModelSizes, vocab_size: int, bos: int, eos: int) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=sizes.text_width,
+        intermediate_size=4 * sizes.text_width,
+        num_hidden_layers=sizes.text_layers,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_LENGTH,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        projection_dim=sizes.clip_projection,
+    )
+    return CLIPTextModel(config)
+
+
+def make_unet(sizes: ModelSizes) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // 4,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=sizes.unet_channels,
+        layers_per_block=1,
+        attention_head_dim=sizes.unet_heads,  # diffusers' legacy name: this is the number of heads
+        cross_attention_dim=sizes.text_width,
+        norm_num_groups=32,
+    )
+
+
+def make_scheduler() -> DDIMScheduler:
+    """SD 1.5's noise schedule."""
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        num_train_timesteps=1000,
+    )
+
+
+def make_clip(sizes: ModelSizes, vocab_size: int, bos: int, eos: int) -> CLIPModel:
+    """The small CLIP: plays the role of LAION ViT-H for the IP-Adapter image embedding and the text offset."""
+    text = make_text_encoder(sizes, vocab_size, bos, eos).config
+    text.hidden_size = sizes.clip_width
+    text.intermediate_size = 4 * sizes.clip_width
+    text.num_hidden_layers = sizes.clip_layers
+    vision = CLIPVisionConfig(
+        hidden_size=sizes.clip_width,
+        intermediate_size=4 * sizes.clip_width,
+        num_hidden_layers=sizes.clip_layers,
+        num_attention_heads=4,
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+        projection_dim=sizes.clip_projection,
+    )
+    config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=sizes.clip_projection)
+    return CLIPModel(config)
+
+
+def vision_tower(clip: CLIPModel) -> CLIPVisionModelWithProjection:
+    """The image encoder IP-Adapter loads: CLIP's vision tower and projection, sharing the trained weights."""
+    encoder = CLIPVisionModelWithProjection(clip.config.vision_config)
+    encoder.config.projection_dim = clip.config.projection_dim
+    encoder.visual_projection = torch.nn.Linear(clip.config.vision_config.hidden_size, clip.config.projection_dim, bias=False)
+    encoder.vision_model.load_state_dict(clip.vision_model.state_dict())
+    encoder.visual_projection.load_state_dict(clip.visual_projection.state_dict())
+    return encoder
+
+
+def cross_attention_layers(unet: UNet2DConditionModel) -> list[str]:
+    """attn2 processor names in ``unet.attn_processors`` order, the order IP-Adapter's weights are numbered in."""
+    return [name for name in unet.attn_processors if name.endswith("attn2.processor")]
+
+
+def new_ip_adapter_state_dict(unet: UNet2DConditionModel, embed_dim: int, seed: int = 0) -> dict[str, dict]:
+    """A freshly initialised IP-Adapter in the layout ``load_ip_adapter`` reads (image_proj + ip_adapter.{k})."""
+    generator = torch.Generator().manual_seed(seed)
+    cross_dim = unet.config.cross_attention_dim
+    projection = ImageProjection(image_embed_dim=embed_dim, cross_attention_dim=cross_dim, num_image_text_embeds=IP_TOKENS)
+    ip_layers: dict[str, torch.Tensor] = {}
+    modules = dict(unet.named_modules())
+    for k, name in enumerate(cross_attention_layers(unet)):
+        hidden = modules[name.removesuffix(".processor")].to_q.out_features
+        for key in ("to_k_ip", "to_v_ip"):
+            weight = torch.randn(hidden, cross_dim, generator=generator) * (cross_dim**-0.5)
+            ip_layers[f"{2 * k + 1}.{key}.weight"] = weight
+    # The original IP-Adapter checkpoint names ("proj", "norm"), which the loader converts to diffusers' names.
+    image_proj = {k.replace("image_embeds", "proj"): v for k, v in projection.state_dict().items()}
+    return {"image_proj": image_proj, "ip_adapter": ip_layers}

@@ -1,0 +1,465 @@
+"""Train the ShapeWorld model in resumable stages: data -> vae -> latents -> clip -> unet -> ip_adapter -> export.
+
+Every stage checkpoints to ``<work>/<stage>/ckpt.pt`` every few minutes and marks itself done with ``done.json``;
+a rerun of the same command skips finished stages and resumes the one in progress, so a killed background job loses
+at most a few minutes. Losses go to ``<work>/<stage>/log.jsonl``; ``<work>/curves.html`` plots them.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .models import (
+    ModelSizes,
+    make_clip,
+    make_scheduler,
+    make_text_encoder,
+    make_unet,
+    make_vae,
+    new_ip_adapter_state_dict,
+    vision_tower,
+)
+from .tokenizer import build_tokenizer
+from .world import render, sample_scene
+
+CHECKPOINT_SECONDS = 180
+
+
+@dataclass
+class TrainConfig:
+    work: Path = Path("data/train")
+    out: Path = Path("data/models/shapeworld")
+    seed: int = 0
+    n_images: int = 30000
+    vae_steps: int = 2400
+    vae_batch: int = 32
+    vae_crop: int = 32
+    vae_lr: float = 2e-3
+    clip_steps: int = 2000
+    clip_batch: int = 128
+    clip_lr: float = 2e-3
+    unet_steps: int = 7500
+    unet_batch: int = 32
+    unet_lr: float = 1e-3
+    caption_dropout: float = 0.1
+    ip_steps: int = 1200
+    ip_batch: int = 32
+    ip_lr: float = 1e-3
+    ip_text_dropout: float = 0.5
+    ema_decay: float = 0.999
+    sizes: ModelSizes = field(default_factory=ModelSizes)
+
+    def scaled(self, factor: float) -> "TrainConfig":
+        """A copy with every step count scaled (for smoke tests)."""
+        cfg = copy.deepcopy(self)
+        for name in ("vae_steps", "clip_steps", "unet_steps", "ip_steps"):
+            setattr(cfg, name, max(2, int(getattr(cfg, name) * factor)))
+        return cfg
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stage bookkeeping
+# --------------------------------------------------------------------------------------------------------------
+
+
+class Stage:
+    """Checkpoint, log and done-marker handling for one training stage."""
+
+    def __init__(self, work: Path, name: str):
+        self.dir = work / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.last_save = time.time()
+
+    @property
+    def done(self) -> bool:
+        return (self.dir / "done.json").exists()
+
+    def mark_done(self, **info) -> None:
+        (self.dir / "done.json").write_text(json.dumps(info, indent=2))
+
+    def info(self) -> dict:
+        return json.loads((self.dir / "done.json").read_text())
+
+    def load(self) -> dict | None:
+        path = self.dir / "ckpt.pt"
+        return torch.load(path, weights_only=False) if path.exists() else None
+
+    def save(self, state: dict, force: bool = False) -> None:
+        if not force and time.time() - self.last_save < CHECKPOINT_SECONDS:
+            return
+        tmp = self.dir / "ckpt.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.dir / "ckpt.pt")  # atomic: a kill mid-write leaves the previous checkpoint intact
+        self.last_save = time.time()
+
+    def log(self, **row) -> None:
+        with open(self.dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1 - decay)
+
+
+def _lr(step: int, total: int, base: float, warmup: int = 200) -> float:
+    """Linear warm-up then cosine decay to 10 %."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------------------------
+
+
+def make_dataset(cfg: TrainConfig) -> dict:
+    """Render the training scenes once (uint8 images, captions, object masks' union)."""
+    path = cfg.work / "data" / "scenes.npz"
+    if path.exists():
+        data = np.load(path)
+        return {k: data[k] for k in data.files}
+    rng = np.random.default_rng(cfg.seed)
+    images, captions = [], []
+    for _ in tqdm(range(cfg.n_images), desc="rendering scenes"):
+        scene = sample_scene(rng)
+        images.append(render(scene)[0])
+        captions.append(scene.caption)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"images": np.stack(images), "captions": np.array(captions)}
+    np.savez(path.with_suffix(".tmp.npz"), **data)
+    path.with_suffix(".tmp.npz").replace(path)
+    return data
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def train_vae(cfg: TrainConfig, data: dict) -> torch.nn.Module:
+    stage = Stage(cfg.work, "vae")
+    vae = make_vae(cfg.sizes)
+    if stage.done:
+        vae.load_state_dict(torch.load(stage.dir / "vae.pt"))
+        return vae
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    step = 0
+    if (ckpt := stage.load()) is not None:
+        vae.load_state_dict(ckpt["model"]), opt.load_state_dict(ckpt["opt"]), gen.set_state(ckpt["gen"])
+        step = ckpt["step"]
+    images = data["images"]
+    n, size = len(images), images.shape[1]
+    bar = tqdm(total=cfg.vae_steps, initial=step, desc="vae")
+    while step < cfg.vae_steps:
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg.vae_steps, cfg.vae_lr)
+        idx = torch.randint(0, n, (cfg.vae_batch,), generator=gen).numpy()
+        # Full images for the last steps so the border statistics match inference (4x the cost of a crop).
+        crop = size if step >= 0.93 * cfg.vae_steps else cfg.vae_crop
+        ox, oy = torch.randint(0, size - crop + 1, (2,), generator=gen).tolist()
+        x = _to_tensor(images[idx][:, oy : oy + crop, ox : ox + crop])
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % 50 == 0:
+            stage.log(step=step, loss=loss.item(), crop=crop)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        stage.save({"model": vae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step})
+    torch.save(vae.state_dict(), stage.dir / "vae.pt")
+    stage.mark_done(steps=step)
+    return vae
+
+
+@torch.no_grad()
+def encode_latents(cfg: TrainConfig, vae: torch.nn.Module, data: dict) -> dict:
+    """Posterior mean and std of every training image, plus the scaling factor (1 / latent std)."""
+    stage = Stage(cfg.work, "latents")
+    path = stage.dir / "latents.pt"
+    if stage.done:
+        return torch.load(path)
+    vae.eval()
+    means, stds = [], []
+    for i in tqdm(range(0, len(data["images"]), 256), desc="encoding latents"):
+        dist = vae.encode(_to_tensor(data["images"][i : i + 256])).latent_dist
+        means.append(dist.mean.half())
+        stds.append(dist.std.half())
+    mean, std = torch.cat(means), torch.cat(stds)
+    result = {"mean": mean, "std": std, "scaling_factor": float(1.0 / mean.float().std())}
+    torch.save(result, path)
+    stage.mark_done(scaling_factor=result["scaling_factor"])
+    return result
+
+
+def _tokenize(tokenizer, captions) -> torch.Tensor:
+    return tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+
+
+def train_clip(cfg: TrainConfig, data: dict, tokenizer) -> torch.nn.Module:
+    stage = Stage(cfg.work, "clip")
+    clip = make_clip(cfg.sizes, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    if stage.done:
+        clip.load_state_dict(torch.load(stage.dir / "clip.pt"))
+        return clip
+    opt = torch.optim.AdamW(clip.parameters(), lr=cfg.clip_lr, weight_decay=0.05)
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    step = 0
+    if (ckpt := stage.load()) is not None:
+        clip.load_state_dict(ckpt["model"]), opt.load_state_dict(ckpt["opt"]), gen.set_state(ckpt["gen"])
+        step = ckpt["step"]
+    images, captions = data["images"], data["captions"]
+    bar = tqdm(total=cfg.clip_steps, initial=step, desc="clip")
+    while step < cfg.clip_steps:
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg.clip_steps, cfg.clip_lr)
+        idx = torch.randint(0, len(images), (cfg.clip_batch,), generator=gen).numpy()
+        out = clip(input_ids=_tokenize(tokenizer, captions[idx]), pixel_values=_to_tensor(images[idx]))
+        # Identical captions in a batch are positives of each other, not negatives.
+        same = torch.from_numpy(captions[idx][:, None] == captions[idx][None, :]).float()
+        target = same / same.sum(1, keepdim=True)
+        loss = 0.5 * (
+            F.cross_entropy(out.logits_per_image, target) + F.cross_entropy(out.logits_per_text, target)
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % 50 == 0:
+            stage.log(step=step, loss=loss.item())
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        stage.save({"model": clip.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step})
+    torch.save(clip.state_dict(), stage.dir / "clip.pt")
+    stage.mark_done(steps=step)
+    return clip
+
+
+def _sample_latents(latents: dict, idx: np.ndarray, gen: torch.Generator) -> torch.Tensor:
+    mean, std = latents["mean"][idx].float(), latents["std"][idx].float()
+    return (mean + std * torch.randn(mean.shape, generator=gen)) * latents["scaling_factor"]
+
+
+def _min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    alpha_bar = scheduler.alphas_cumprod[timesteps]
+    snr = alpha_bar / (1 - alpha_bar)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def train_unet(cfg: TrainConfig, data: dict, latents: dict, tokenizer) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Text encoder and UNet jointly, epsilon prediction with min-SNR weighting and EMA."""
+    stage = Stage(cfg.work, "unet")
+    unet = make_unet(cfg.sizes)
+    text_encoder = make_text_encoder(cfg.sizes, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    models = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
+    ema = copy.deepcopy(models).requires_grad_(False)
+    if stage.done:
+        ema.load_state_dict(torch.load(stage.dir / "ema.pt"))
+        return ema["unet"], ema["text_encoder"]
+    opt = torch.optim.AdamW(models.parameters(), lr=cfg.unet_lr, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
+    step = 0
+    if (ckpt := stage.load()) is not None:
+        models.load_state_dict(ckpt["model"]), ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["opt"]), gen.set_state(ckpt["gen"])
+        step = ckpt["step"]
+    scheduler = make_scheduler()
+    captions = data["captions"]
+    empty = _tokenize(tokenizer, [""])
+    bar = tqdm(total=cfg.unet_steps, initial=step, desc="unet")
+    while step < cfg.unet_steps:
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg.unet_steps, cfg.unet_lr)
+        idx = torch.randint(0, len(captions), (cfg.unet_batch,), generator=gen).numpy()
+        x0 = _sample_latents(latents, idx, gen)
+        ids = _tokenize(tokenizer, captions[idx])
+        drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
+        ids[drop] = empty
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
+        noisy = scheduler.add_noise(x0, noise, t)
+        pred = unet(noisy, t, text_encoder(ids).last_hidden_state).sample
+        per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = (per_sample * _min_snr_weights(scheduler, t)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(models.parameters(), 1.0)
+        opt.step()
+        _ema_update(ema, models, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        step += 1
+        bar.update(1)
+        if step % 50 == 0:
+            stage.log(step=step, loss=loss.item(), mse=per_sample.mean().item())
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        state = {"model": models.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict()}
+        stage.save({**state, "gen": gen.get_state(), "step": step})
+    torch.save(ema.state_dict(), stage.dir / "ema.pt")
+    stage.mark_done(steps=step)
+    return ema["unet"], ema["text_encoder"]
+
+
+def train_ip_adapter(
+    cfg: TrainConfig, data: dict, latents: dict, tokenizer, unet, text_encoder, clip
+) -> dict[str, dict]:
+    """IP-Adapter (image projection + per-layer to_k_ip/to_v_ip) against the frozen UNet and text encoder.
+
+    The caption is dropped half of the time, so the image embedding alone has to carry what the image shows.
+    """
+    stage = Stage(cfg.work, "ip_adapter")
+    unet = copy.deepcopy(unet).requires_grad_(False)
+    text_encoder = text_encoder.requires_grad_(False)
+    image_encoder = vision_tower(clip).requires_grad_(False).eval()
+    if stage.done:
+        return torch.load(stage.dir / "ip_adapter.pt")
+    init = new_ip_adapter_state_dict(unet, cfg.sizes.clip_projection, seed=cfg.seed)
+    unet._load_ip_adapter_weights([init])
+    trainable = [p for n, p in unet.named_parameters() if "_ip" in n or "encoder_hid_proj" in n]
+    for p in trainable:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(trainable, lr=cfg.ip_lr, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(cfg.seed + 4)
+    step = 0
+    if (ckpt := stage.load()) is not None:
+        unet.load_state_dict(ckpt["model"], strict=False), opt.load_state_dict(ckpt["opt"]), gen.set_state(ckpt["gen"])
+        step = ckpt["step"]
+    scheduler = make_scheduler()
+    images, captions = data["images"], data["captions"]
+    empty = _tokenize(tokenizer, [""])
+    bar = tqdm(total=cfg.ip_steps, initial=step, desc="ip_adapter")
+    while step < cfg.ip_steps:
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg.ip_steps, cfg.ip_lr, warmup=50)
+        idx = torch.randint(0, len(images), (cfg.ip_batch,), generator=gen).numpy()
+        x0 = _sample_latents(latents, idx, gen)
+        ids = _tokenize(tokenizer, captions[idx])
+        ids[torch.rand(len(idx), generator=gen) < cfg.ip_text_dropout] = empty
+        with torch.no_grad():
+            image_embeds = image_encoder(pixel_values=_to_tensor(images[idx])).image_embeds
+            context = text_encoder(ids).last_hidden_state
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
+        pred = unet(
+            scheduler.add_noise(x0, noise, t), t, context, added_cond_kwargs={"image_embeds": [image_embeds[:, None]]}
+        ).sample
+        loss = ((pred - noise).pow(2).mean(dim=(1, 2, 3)) * _min_snr_weights(scheduler, t)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % 50 == 0:
+            stage.log(step=step, loss=loss.item())
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        trained = {n: p for n, p in unet.state_dict().items() if "_ip" in n or "encoder_hid_proj" in n}
+        stage.save({"model": trained, "opt": opt.state_dict(), "gen": gen.get_state(), "step": step})
+    weights = extract_ip_adapter(unet)
+    torch.save(weights, stage.dir / "ip_adapter.pt")
+    stage.mark_done(steps=step)
+    return weights
+
+
+def extract_ip_adapter(unet) -> dict[str, dict]:
+    """Read the trained IP-Adapter back out of a UNet into the ``load_ip_adapter`` layout."""
+    projection = unet.encoder_hid_proj.image_projection_layers[0]
+    ip_layers = {}
+    for k, (name, processor) in enumerate((n, p) for n, p in unet.attn_processors.items() if n.endswith("attn2.processor")):
+        ip_layers[f"{2 * k + 1}.to_k_ip.weight"] = processor.to_k_ip[0].weight.detach().clone()
+        ip_layers[f"{2 * k + 1}.to_v_ip.weight"] = processor.to_v_ip[0].weight.detach().clone()
+    image_proj = {k.replace("image_embeds", "proj"): v.detach().clone() for k, v in projection.state_dict().items()}
+    return {"image_proj": image_proj, "ip_adapter": ip_layers}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Export and entry point
+# --------------------------------------------------------------------------------------------------------------
+
+
+def export(cfg: TrainConfig, vae, latents: dict, text_encoder, unet, clip, ip_weights, tokenizer) -> Path:
+    """Write the diffusers layout: the SD pipeline folders, plus clip/ and ip_adapter/ beside them."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import save_file
+
+    from .world import VOCABULARY
+
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    vae.register_to_config(scaling_factor=latents["scaling_factor"])
+    pipe = StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=make_unet(cfg.sizes).eval(),
+        scheduler=make_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+    pipe.unet.load_state_dict(unet.state_dict())
+    pipe.save_pretrained(out, safe_serialization=True)
+    clip.save_pretrained(out / "clip", safe_serialization=True)
+    tokenizer.save_pretrained(out / "clip")
+    ip_dir = out / "ip_adapter"
+    vision_tower(clip).save_pretrained(ip_dir / "image_encoder", safe_serialization=True)
+    flat = {f"image_proj.{k}": v.contiguous() for k, v in ip_weights["image_proj"].items()}
+    flat |= {f"ip_adapter.{k}": v.contiguous() for k, v in ip_weights["ip_adapter"].items()}
+    save_file(flat, ip_dir / "ip-adapter_shapeworld.safetensors")
+    info = {
+        "name": "shapeworld",
+        "vocabulary": list(VOCABULARY),
+        "sizes": cfg.sizes.to_dict(),
+        "seed": cfg.seed,
+        "steps": {s: Stage(cfg.work, s).info().get("steps") for s in ("vae", "clip", "unet", "ip_adapter")},
+        "scaling_factor": latents["scaling_factor"],
+    }
+    (out / "shapeworld.json").write_text(json.dumps(info, indent=2))
+    return out
+
+
+def train(cfg: TrainConfig) -> Path:
+    torch.manual_seed(cfg.seed)
+    cfg.work.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    data = make_dataset(cfg)
+    vae = train_vae(cfg, data)
+    latents = encode_latents(cfg, vae, data)
+    clip = train_clip(cfg, data, tokenizer)
+    unet, text_encoder = train_unet(cfg, data, latents, tokenizer)
+    ip_weights = train_ip_adapter(cfg, data, latents, tokenizer, unet, text_encoder, clip)
+    out = export(cfg, vae, latents, text_encoder, unet, clip, ip_weights, tokenizer)
+    write_curves(cfg.work)
+    return out
+
+
+def write_curves(work: Path) -> Path:
+    """One HTML page with every stage's loss curve (plotly; no image backend needed)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    stages = [s for s in ("vae", "clip", "unet", "ip_adapter") if (work / s / "log.jsonl").exists()]
+    fig = make_subplots(rows=1, cols=max(1, len(stages)), subplot_titles=stages)
+    for col, name in enumerate(stages, start=1):
+        rows = [json.loads(line) for line in (work / name / "log.jsonl").read_text().splitlines() if line]
+        fig.add_trace(go.Scatter(x=[r["step"] for r in rows], y=[r["loss"] for r in rows], name=name), row=1, col=col)
+        fig.update_yaxes(type="log", row=1, col=col)
+    path = work / "curves.html"
+    fig.write_html(path, include_plotlyjs="cdn")
+    return path
