@@ -57,8 +57,11 @@ def _sigmoid(z: Array) -> Array:
 
 
 def _mv(S: Array, x: Array) -> Array:
-    """S x for every row of x (B, N); S is (N, N) shared or (B, N, N). One (batched) matmul."""
-    return x @ S.mT if S.ndim == 2 else (S @ x[..., None])[..., 0]
+    """S x for every row of x (B, N); S is (N, N) shared or (B, N, N). One (batched) matmul.
+
+    Written as row vectors (x Sᵀ): torch 2.13 CPU runs bmm(S, x[..., None]) 6-15x slower.
+    """
+    return x @ S.mT if S.ndim == 2 else (x[..., None, :] @ S.mT)[..., 0, :]
 
 
 def _rmv(S: Array, x: Array) -> Array:
@@ -325,7 +328,7 @@ def solve_gauss_seidel(p: Problem, x0, callback, rtol, max_iter):
     else:
         step = lambda r: np.stack([scipy.linalg.solve_triangular(T[k], r[k], lower=True, check_finite=False)
                                    for k in range(len(r))])
-    matvec = lambda x: (A @ x[..., None])[..., 0]
+    matvec = lambda x: _mv(A, x)
     x, it = _stationary(step, matvec, p.rhs, _start(p, x0), rtol, max_iter or 5000, callback)
     return x, it, p.residual(x)
 
@@ -385,7 +388,7 @@ def solve_irls(p: Problem, x0, callback, rtol, max_iter, delta: float = HUBER_DE
     def weighted(x):
         W = S_sym * (delta / abs(x[..., :, None] - x[..., None, :]).clip(min=delta))
         dl = p.conf + p.lam * W.sum(-1)
-        matvec = lambda v: dl * v - p.lam * (W @ v[..., None])[..., 0]
+        matvec = lambda v: dl * v - p.lam * _mv(W, v)
         return matvec, 1 / (dl - p.lam * W.diagonal(0, -2, -1))
 
     active = _norm(b) >= 0  # all True; rows whose change fell below rtol are frozen

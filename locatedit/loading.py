@@ -1,0 +1,130 @@
+"""Loading a model by name: the embedded ShapeWorld model (offline, in this repo) or SD 1.5 + IP-Adapter.
+
+Both load through the same diffusers/transformers classes; a ``ModelSpec`` holds what differs (resolutions of the
+attention maps LOCATEdit reads, where the IP-Adapter and the extra CLIP live), so nothing downstream branches on the
+model's name.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHAPEWORLD_DIR = REPO_ROOT / "data" / "models" / "shapeworld"
+
+
+class ModelNotAvailableError(RuntimeError):
+    """The weights of a model are not on this machine; the message says how to get them."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    pipeline: str  # local folder or hub id
+    ip_adapter: str
+    ip_adapter_subfolder: str
+    ip_adapter_weights: str
+    image_encoder_folder: str
+    clip: str
+    image_size: int
+    graph_resolution: int  # self-attention S (the CASA graph)
+    mask_resolution: int  # cross-attention m0
+    how_to_get: str
+
+
+def shapeworld_spec(path: Path = SHAPEWORLD_DIR) -> ModelSpec:
+    return ModelSpec(
+        name="shapeworld",
+        pipeline=str(path),
+        ip_adapter=str(path / "ip_adapter"),
+        ip_adapter_subfolder="",
+        ip_adapter_weights="ip-adapter_shapeworld.safetensors",
+        image_encoder_folder="image_encoder",
+        clip=str(path / "clip"),
+        image_size=64,
+        graph_resolution=16,
+        mask_resolution=8,
+        how_to_get="train it with `python -m locatedit.shapeworld train` (it ships in git at data/models/shapeworld)",
+    )
+
+
+SD15 = ModelSpec(
+    name="sd15",
+    pipeline=os.environ.get("LOCATEDIT_SD15", "runwayml/stable-diffusion-v1-5"),
+    ip_adapter="h94/IP-Adapter",
+    ip_adapter_subfolder="models",
+    ip_adapter_weights="ip-adapter_sd15.bin",
+    image_encoder_folder="models/image_encoder",
+    clip="laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+    image_size=512,
+    graph_resolution=32,
+    mask_resolution=16,
+    how_to_get="download SD 1.5, h94/IP-Adapter and laion/CLIP-ViT-H-14 into the Hugging Face cache on a machine "
+    "with internet (or set LOCATEDIT_SD15 to a local SD 1.5 folder)",
+)
+
+
+def resolve(name_or_path: str) -> ModelSpec:
+    """'shapeworld', 'sd15', or a folder holding a ShapeWorld-layout model (shapeworld.json beside the pipeline)."""
+    if name_or_path == "shapeworld":
+        return shapeworld_spec()
+    if name_or_path in ("sd15", "sd1.5", "stable-diffusion-v1-5"):
+        return SD15
+    path = Path(name_or_path)
+    if (path / "shapeworld.json").is_file():
+        return shapeworld_spec(path)
+    raise ModelNotAvailableError(
+        f"unknown model '{name_or_path}': use 'shapeworld' (embedded, runs on CPU), 'sd15' (needs the SD 1.5 weights) "
+        "or a folder exported by `python -m locatedit.shapeworld train`"
+    )
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    pipe: object  # StableDiffusionPipeline with IP-Adapter and recording processors installed
+    clip: object  # transformers.CLIPModel for the text offset and image embedding
+    clip_tokenizer: object
+
+    @property
+    def device(self):
+        return self.pipe.unet.device
+
+
+def load_model(name_or_path: str = "shapeworld", device: str | None = None, dtype=None) -> LoadedModel:
+    """Load pipeline + IP-Adapter + CLIP, install attention recorders; clear errors when weights are missing."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from .attention import install_recorders
+
+    spec = resolve(name_or_path)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or (torch.float16 if device.startswith("cuda") and spec.name == "sd15" else torch.float32)
+    if spec.name == "shapeworld" and not (Path(spec.pipeline) / "model_index.json").is_file():
+        raise ModelNotAvailableError(f"the ShapeWorld model is missing at {spec.pipeline}: {spec.how_to_get}")
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            spec.pipeline, dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
+        pipe.load_ip_adapter(
+            spec.ip_adapter,
+            subfolder=spec.ip_adapter_subfolder,
+            weight_name=spec.ip_adapter_weights,
+            image_encoder_folder=spec.image_encoder_folder,
+        )
+        clip = CLIPModel.from_pretrained(spec.clip, dtype=torch.float32)
+        clip_tokenizer = CLIPTokenizer.from_pretrained(spec.clip)
+    except (OSError, ValueError, EnvironmentError) as err:
+        raise ModelNotAvailableError(f"could not load model '{spec.name}' ({err}). To get it: {spec.how_to_get}") from err
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    install_recorders(pipe.unet)  # last: load_ip_adapter replaced the processors
+    return LoadedModel(spec, pipe, clip.to(device).eval(), clip_tokenizer)
+
+
+def shapeworld_info(path: Path = SHAPEWORLD_DIR) -> dict:
+    return json.loads((path / "shapeworld.json").read_text())
