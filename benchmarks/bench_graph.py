@@ -276,6 +276,7 @@ def main() -> None:
             "numpy": np.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
             "loadavg_start": load0, "repeats": ARGS.repeats, "default_solver": g.DEFAULT_SOLVER,
             "note": "threads set via env vars; torch.set_num_threads never called (batched-LU hazard)"}
+    peak_extra_mb(lambda: torch.zeros(1) + 1, "torch")  # the profiler's first use allocates ~65 MB itself
     rows, sections, prev = [], [], {}
     for N in sizes:
         r, sec = bench_size(N, ARGS.repeats, ARGS.budget, prev)
