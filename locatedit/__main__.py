@@ -27,6 +27,56 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _edit(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from PIL import Image
+
+    from .loading import load_model
+    from .pipeline import EditParams, locatedit_edit
+    from .run import save_run
+
+    params = EditParams()
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        fields = {f.name: f for f in dataclasses.fields(EditParams)}
+        if key not in fields:
+            raise ValueError(f"unknown parameter '{key}'; parameters are: {', '.join(fields)}")
+        current = getattr(params, key)
+        if isinstance(current, bool):
+            parsed = value.lower() in ("1", "true", "yes", "on")
+        elif current is None:
+            parsed = int(value) if value.lower() != "none" else None
+        else:
+            parsed = type(current)(value)
+        params = dataclasses.replace(params, **{key: parsed})
+    gt_mask = gt_target = None
+    if args.shapeworld_edit:
+        import numpy as np
+
+        from .shapeworld.world import sample_edit
+
+        edit = sample_edit(np.random.default_rng(args.scene_seed), args.shapeworld_edit)
+        source, gt_target, gt_mask = edit.render()
+        image, source_prompt, target_prompt = Image.fromarray(source), edit.source_prompt, edit.target_prompt
+        blend = edit.blend_words
+    else:
+        if not (args.image and args.source and args.target):
+            raise ValueError("give --image, --source and --target (or --shapeworld-edit TYPE for a generated edit)")
+        image, source_prompt, target_prompt, blend = args.image, args.source, args.target, args.blend
+    model = load_model(args.model)
+
+    def progress(stage: str, i: int, n: int) -> None:
+        print(f"\r{stage}: {i}/{n}", end="" if stage == "denoise" and i < n else "\n", flush=True)
+
+    result = locatedit_edit(model, image, source_prompt, target_prompt, blend, params, progress)
+    run = save_run(result, args.out, gt_mask=gt_mask, gt_target=gt_target)
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    print(f"run saved: {run.path} ({result.timings['total']:.1f} s)")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from .shapeworld.world import export_piebench, sample_edits
 
@@ -47,6 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--out", type=Path, default=Path("generated.png"))
     gen.add_argument("--attention", action="store_true", help="also save <out>_attention.npz and .png")
     gen.set_defaults(run=_generate)
+    ed = sub.add_parser("edit", help="run a LOCATEdit edit and save it as a run directory")
+    ed.add_argument("--image", help="source image file")
+    ed.add_argument("--source", help="source prompt")
+    ed.add_argument("--target", help="target prompt")
+    ed.add_argument("--blend", help="blend words 'source_word target_word' (empty: no mask, no blending)")
+    ed.add_argument("--shapeworld-edit", choices=["change_shape", "change_colour", "change_texture",
+                                                  "change_background", "add_object", "remove_object"],
+                    help="instead of an image: a generated ShapeWorld edit with its ground truth")
+    ed.add_argument("--scene-seed", type=int, default=0, help="seed of the generated ShapeWorld edit")
+    ed.add_argument("--model", default="shapeworld")
+    ed.add_argument("--out", type=Path, default=Path("data/runs"), help="run library folder")
+    ed.add_argument("--set", action="append", metavar="KEY=VALUE", help="any EditParams field, e.g. --set lam=0")
+    ed.set_defaults(run=_edit)
     exp = sub.add_parser("export-shapeworld", help="write a ShapeWorld edit set in PIE-Bench's format")
     exp.add_argument("--out", type=Path, required=True)
     exp.add_argument("--per-type", type=int, default=20, help="edits per editing type (6 types)")
@@ -56,11 +119,11 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_threads()
     from .loading import ModelNotAvailableError
-    from .shapeworld.tokenizer import UnknownWordError
+    from .run import RunError
 
     try:
         return args.run(args)
-    except (ModelNotAvailableError, UnknownWordError) as err:
+    except (ModelNotAvailableError, RunError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

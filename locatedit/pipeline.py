@@ -1,0 +1,365 @@
+"""A LOCATEdit edit on a loaded diffusers pipeline, step by step as the reference code runs it (§A.13).
+
+    x_T = add_noise(x_0, z, t_0)                      one start for both branches ("virtual inversion")
+    for i, t in enumerate(timesteps):
+        eps = unet([x_s, x_t, x_s, x_t], t, ["", "", P_s, P_t], IP [0, v, 0, v_edit])   P2P control + recording
+        if i >= start: m* = refine(m0, S); Map += m*; M_blend = minmax(Map) > 0.2204
+        eps_s, eps_t = CFG(1.0), CFG(5.0)
+        x = edit_step(eps, x, x_0, noise once a mask exists)   source x0-prediction forced to x_0
+        if M_blend: x_t = x_s + M_blend (x_t - x_s)             latent blending, target mask = source | target
+Every hyperparameter is a field of ``EditParams`` with the reference default; the variants the lab compares
+(lambda = 0, ViMAEdit smoothing, P2P LocalBlend masks, no pruning, maps before P2P, masked noise, any solver) are
+switches of the same loop.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler
+from PIL import Image
+
+from . import graph
+from .attention import layer_resolutions
+from .embeddings import image_features, prune_offset, text_features
+from .loading import LoadedModel
+from .p2p import BlendWordError, ControlConfig, LocatEditController, new_word_indices, refinement_mapper, word_token_indices
+
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+@dataclass
+class EditParams:
+    """Every knob of an edit; defaults are the reference benchmark script's (§b)."""
+
+    steps: int = 50
+    source_guidance: float = 1.0
+    target_guidance: float = 5.0
+    seed: int = 1234
+    ip_scale: float = 0.522871620472319
+    keep_percent: float = 91.0935948657488  # tau: % of CLIP offset coordinates kept (100 = no pruning)
+    use_offset: bool = True  # False: v_edit = v (no text offset at all)
+    lam: float = graph.LAM
+    alpha: float = graph.ALPHA
+    center: float = graph.CENTER
+    solver: str = graph.DEFAULT_SOLVER  # "vimaedit" gives ViMAEdit's smoothing in place of the closed form
+    solver_rtol: float = 1e-5
+    topk: int | None = None
+    warm_start: bool = True
+    mask_source: str = "casa"  # "casa" (graph-refined, summed over steps) or "localblend" (P2P LocalBlend)
+    blend_threshold: float = 0.2204
+    noise_threshold: float = 0.5
+    localblend_threshold: float = 0.3
+    start_blend: float = 0.2
+    self_replace: float = 0.6
+    cross_replace: float = 0.4
+    ip_replace: float = 0.1
+    equalizer: float = 15.0
+    maps_after_p2p: bool = True
+    noise: str = "uniform"  # "uniform" (LOCATEdit: on/off switch) or "masked" (ViMAEdit: sigma * mask)
+    eta: float = 1.0
+    store_self_attention: str = "mean"  # "mean" over solve steps, or "per_step" (exact re-solves later)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.steps >= 2, "steps must be at least 2"),
+            (0 <= self.keep_percent <= 100, "keep_percent (tau) must lie in [0, 100]"),
+            (self.lam >= 0, "lam (λ) must be non-negative"),
+            (self.solver in graph.SOLVERS, f"unknown solver '{self.solver}'; choose one of {sorted(graph.SOLVERS)}"),
+            (self.mask_source in ("casa", "localblend"), "mask_source must be 'casa' or 'localblend'"),
+            (self.noise in ("uniform", "masked"), "noise must be 'uniform' or 'masked'"),
+            (self.store_self_attention in ("mean", "per_step"), "store_self_attention must be 'mean' or 'per_step'"),
+            (0 <= self.start_blend < 1, "start_blend must lie in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def start_step(self) -> int:
+        """First step with a mask: the reference solves once its counter (i + 1) reaches int(0.2 * 50)."""
+        return max(0, int(self.start_blend * self.steps) - 1)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class EditResult:
+    """Everything an edit produced, in memory; ``locatedit.run.save_run`` writes it as a Run directory."""
+
+    params: EditParams
+    model: str
+    source_prompt: str
+    target_prompt: str
+    blend_words: tuple[str, str] | None
+    source_image: Image.Image
+    reconstruction: Image.Image
+    edited: Image.Image
+    arrays: dict[str, np.ndarray]
+    tokens: dict[str, list[str]]
+    timings: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+
+
+Progress = Callable[[str, int, int], None]
+
+
+def prepare_image(image: Image.Image | str, size: int) -> Image.Image:
+    """Centre-crop to a square and resize (the reference's load_512); clear errors for broken or huge files."""
+    if not isinstance(image, Image.Image):
+        try:
+            image = Image.open(image)
+            image.load()
+        except (OSError, ValueError) as err:
+            raise ValueError(f"could not read the image '{image}' ({err}); use a PNG or JPEG file") from err
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"the image is {image.width}x{image.height} pixels; images over {MAX_IMAGE_PIXELS // 1_000_000} MP are "
+            "refused (the edit runs at {size}x{size} anyway): downscale it first"
+        )
+    image = image.convert("RGB")
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return image.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
+
+
+def edit_scheduler(pipe) -> DDIMScheduler:
+    """The reference's EDDIM settings on the model's own noise schedule."""
+    return DDIMScheduler.from_config(
+        pipe.scheduler.config, clip_sample=True, clip_sample_range=1.0, set_alpha_to_one=True, steps_offset=0,
+        timestep_spacing="leading", prediction_type="epsilon",
+    )
+
+
+def edit_step(scheduler, eps, t, x, x0_true, eta, noise, noise_mask, steps):
+    """One EDDIM step (§A.10): the source's x0-prediction is replaced by the true x_0, the target keeps its offset."""
+    alphas = scheduler.alphas_cumprod.to(x.device, torch.float32)
+    prev_t = t - scheduler.config.num_train_timesteps // steps
+    a_t = alphas[t]
+    a_prev = alphas[prev_t] if prev_t >= 0 else torch.tensor(1.0, device=x.device)
+    x0_pred = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    x0_pred = x0_true + x0_pred - x0_pred[:1]
+    x0_pred = x0_pred.clamp(-1, 1)
+    sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+    b = ((1 - a_prev - sigma**2) / (1 - a_t)).sqrt()
+    x_prev = (a_prev.sqrt() - a_t.sqrt() * b) * x0_pred + b * x
+    if noise_mask is not None:
+        x_prev = x_prev + sigma * noise * noise_mask
+    return x_prev
+
+
+def _minmax_mask(summed: torch.Tensor, size: int, threshold: float) -> torch.Tensor:
+    """(2, g*g) summed maps -> (2, 1, size, size) bool: nearest upsample, per-row min-max, threshold; an all-equal
+    row (no attention at all) gives an empty mask instead of the reference's 0/0."""
+    g = int(round(summed.shape[-1] ** 0.5))
+    up = F.interpolate(summed.float().reshape(2, 1, g, g), size=(size, size), mode="nearest")
+    lo = up.amin(dim=(1, 2, 3), keepdim=True)
+    span = up.amax(dim=(1, 2, 3), keepdim=True) - lo
+    norm = torch.where(span > 0, (up - lo) / span.clamp_min(1e-12), torch.zeros_like(up))
+    return norm > threshold
+
+
+def _union(mask: torch.Tensor) -> torch.Tensor:
+    """Row 0 keeps the source-word mask; the target row becomes source | target (the reference's mask[:1] + mask)."""
+    return torch.stack([mask[0], mask[0] | mask[1]])
+
+
+def _upsample_nearest(m: torch.Tensor, size: int) -> torch.Tensor:
+    r = int(round(m.shape[-1] ** 0.5))
+    return F.interpolate(m.reshape(m.shape[0], 1, r, r), size=(size, size), mode="nearest").reshape(m.shape[0], -1)
+
+
+@torch.no_grad()
+def locatedit_edit(
+    model: LoadedModel,
+    image: Image.Image | str,
+    source_prompt: str,
+    target_prompt: str,
+    blend_words: tuple[str, str] | str | None,
+    params: EditParams | None = None,
+    progress: Progress | None = None,
+) -> EditResult:
+    """Run one LOCATEdit edit and return everything it computed (see ``EditResult``)."""
+    params = params or EditParams()
+    progress = progress or (lambda stage, i, n: None)
+    pipe, spec = model.pipe, model.spec
+    device, dtype = model.device, pipe.unet.dtype
+    timings: dict[str, float] = {}
+    warnings: list[str] = []
+    clock = time.perf_counter()
+
+    # ---- inputs
+    if model.spec.name == "shapeworld":
+        from .shapeworld.tokenizer import check_prompt
+
+        check_prompt(source_prompt), check_prompt(target_prompt)
+    if isinstance(blend_words, str):
+        words = blend_words.split()
+        blend_words = (words[0], words[1]) if len(words) >= 2 else None
+    tokenizer = pipe.tokenizer
+    blend_tokens: list[list[int]] = [[], []]
+    if blend_words is not None:
+        blend_tokens = [word_token_indices(tokenizer, p, w) for p, w in zip((source_prompt, target_prompt), blend_words)]
+        if not blend_tokens[0] and not blend_tokens[1]:
+            raise BlendWordError(
+                f"blend words {blend_words} occur in neither prompt: '{blend_words[0]}' must be a word of the source "
+                f"prompt '{source_prompt}' or '{blend_words[1]}' a word of the target prompt '{target_prompt}'"
+            )
+        for row, (word, prompt) in enumerate(zip(blend_words, (source_prompt, target_prompt))):
+            if not blend_tokens[row]:
+                warnings.append(f"blend word '{word}' is not in '{prompt}': its mask row is empty")
+    source_image = prepare_image(image, spec.image_size)
+    progress("prepare", 1, 1)
+
+    # ---- encode: x_0, text context, IP embeddings with the pruned offset
+    pixels = torch.from_numpy(np.asarray(source_image)).permute(2, 0, 1)[None].to(device, torch.float32) / 127.5 - 1
+    x0 = pipe.vae.encode(pixels.to(dtype)).latent_dist.mean * pipe.vae.config.scaling_factor
+    ids = tokenizer(["", "", source_prompt, target_prompt], padding="max_length", truncation=True,
+                    max_length=tokenizer.model_max_length, return_tensors="pt").input_ids.to(device)
+    context = pipe.text_encoder(ids)[0]
+    clip_pixels = pipe.feature_extractor(images=source_image, return_tensors="pt").pixel_values.to(device)
+    v = image_features(model.clip, clip_pixels.float())[0]
+    t = text_features(model.clip, model.clip_tokenizer, [source_prompt, target_prompt])
+    t = t * v.norm() / t.norm(dim=-1, keepdim=True)
+    offset = t[1] - t[0]
+    pruned = prune_offset(offset, params.keep_percent) if params.use_offset else torch.zeros_like(offset)
+    v_edit = v + pruned
+    zero = torch.zeros_like(v)
+    image_embeds = torch.stack([zero, v, zero, v_edit])[:, None].to(dtype)
+    pipe.set_ip_adapter_scale(params.ip_scale)
+    timings["encode"] = time.perf_counter() - clock
+
+    # ---- control
+    scheduler = edit_scheduler(pipe)
+    scheduler.set_timesteps(params.steps, device=device)
+    resolutions = layer_resolutions(pipe.unet)
+    mapper, alphas = refinement_mapper(tokenizer, source_prompt, target_prompt)
+    equalizer = torch.ones(tokenizer.model_max_length)
+    equalizer[new_word_indices(tokenizer, source_prompt, target_prompt)] = params.equalizer
+    n_tokens = max(len(tokenizer.encode(source_prompt)), len(tokenizer.encode(target_prompt)))
+    n_tokens = min(n_tokens, tokenizer.model_max_length)
+    control = ControlConfig(params.steps, params.self_replace, params.cross_replace, params.ip_replace,
+                            params.equalizer, params.maps_after_p2p)
+    controller = LocatEditController(resolutions, spec.graph_resolution, spec.mask_resolution, mapper, alphas,
+                                     equalizer, control, n_tokens)
+
+    # ---- loop
+    generator = torch.Generator(device="cpu").manual_seed(params.seed)
+    t0 = scheduler.timesteps[0]
+    z = torch.randn(x0.shape, generator=generator).to(device, dtype)
+    a0 = scheduler.alphas_cumprod[t0].to(device)
+    x = (a0.sqrt() * x0 + (1 - a0).sqrt() * z).repeat(2, 1, 1, 1)
+    latent_size, g = x0.shape[-1], spec.graph_resolution
+    n_nodes = g * g
+    steps, start = params.steps, params.start_step
+    rec = {
+        "m0": np.zeros((steps, 2, n_nodes), np.float32),
+        "m_star": np.full((steps, 2, n_nodes), np.nan, np.float32),
+        "mask": np.zeros((steps, 2, latent_size, latent_size), bool),
+        "solver_iterations": np.zeros(steps, np.int32),
+        "solver_residual": np.full(steps, np.nan, np.float32),
+        "solver_seconds": np.zeros(steps, np.float32),
+        "cross_maps": None,
+    }
+    self_sum = torch.zeros(2, n_nodes, n_nodes, device=device)
+    self_steps: list[np.ndarray] = []
+    map_sum = torch.zeros(2, n_nodes, device=device)
+    r = spec.mask_resolution
+    localblend_sum = torch.zeros(2, r * r, device=device)
+    blend_mask = noise_mask = None
+    previous = None
+    unet_seconds = casa_seconds = 0.0
+    for i, t in enumerate(scheduler.timesteps):
+        controller.begin_step(i)
+        tick = time.perf_counter()
+        eps = pipe.unet(torch.cat([x, x]), t, context, added_cond_kwargs={"image_embeds": [image_embeds]},
+                        cross_attention_kwargs={"controller": controller}).sample.float()
+        unet_seconds += time.perf_counter() - tick
+        maps = controller.maps
+        cross = torch.stack(maps.cross)  # (layers, 2, Q, T)
+        if rec["cross_maps"] is None:
+            rec["cross_maps"] = np.zeros((steps, cross.shape[0], 2, n_tokens, r, r), np.float16)
+        rec["cross_maps"][i] = cross.permute(0, 1, 3, 2).reshape(cross.shape[0], 2, n_tokens, r, r).cpu().numpy()
+        m0_coarse = torch.stack([cross[:, row][..., blend_tokens[row]].sum(-1).mean(0) for row in range(2)])
+        m0 = _upsample_nearest(m0_coarse, g)
+        rec["m0"][i] = m0.cpu().numpy()
+        localblend_sum += m0_coarse  # P2P's store averages from step 0
+
+        if blend_words is not None and i >= start:
+            tick = time.perf_counter()
+            S = maps.self_attention / maps.self_layers
+            self_sum += S
+            if params.store_self_attention == "per_step":
+                self_steps.append(S.half().cpu().numpy())
+            if params.mask_source == "casa":
+                warm = previous if (params.warm_start and previous is not None) else None
+                result = graph.refine(m0, S, lam=params.lam, alpha=params.alpha, center=params.center,
+                                      solver=params.solver, topk=params.topk, x0=warm, rtol=params.solver_rtol)
+                m_star = result.solution
+                previous = m_star
+                map_sum += m_star
+                rec["m_star"][i] = m_star.cpu().numpy()
+                rec["solver_iterations"][i], rec["solver_residual"][i] = result.iterations, result.residual
+                rec["solver_seconds"][i] = result.seconds
+                blend_mask = _union(_minmax_mask(map_sum, latent_size, params.blend_threshold))
+                noise_mask = _union(_minmax_mask(map_sum, latent_size, params.noise_threshold))
+            else:  # P2P LocalBlend: running mean of the raw maps, 3x3 max-pool, divide by the max, threshold
+                mean = (localblend_sum / (i + 1)).reshape(2, 1, r, r)
+                pooled = F.max_pool2d(mean, 3, stride=1, padding=1)
+                up = F.interpolate(pooled, size=(latent_size, latent_size), mode="nearest")
+                peak = up.amax(dim=(1, 2, 3), keepdim=True)
+                blend_mask = _union(torch.where(peak > 0, up / peak.clamp_min(1e-12), up) > params.localblend_threshold)
+                noise_mask = blend_mask
+            rec["mask"][i] = blend_mask[:, 0].cpu().numpy()
+            casa_seconds += time.perf_counter() - tick
+
+        eps_s = eps[0] + params.source_guidance * (eps[2] - eps[0])
+        eps_t = eps[1] + params.target_guidance * (eps[3] - eps[1])
+        noise = torch.randn((1, *x0.shape[1:]), generator=generator).to(device)
+        if params.noise == "uniform":
+            gate = None if noise_mask is None or not noise_mask.any() else torch.ones_like(x[:, :1])
+        else:
+            gate = None if noise_mask is None else noise_mask.float()
+        x = edit_step(scheduler, torch.stack([eps_s, eps_t]), int(t), x.float(), x0.float(), params.eta, noise, gate,
+                      steps)
+        if blend_mask is not None:
+            x[1] = x[0] + blend_mask[1].float() * (x[1] - x[0])
+        x = x.to(dtype)
+        progress("denoise", i + 1, steps)
+    timings["unet"], timings["casa"] = unet_seconds, casa_seconds
+
+    # ---- decode
+    tick = time.perf_counter()
+    decoded = pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample
+    decoded = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    timings["decode"] = time.perf_counter() - tick
+    timings["total"] = time.perf_counter() - clock
+    progress("decode", 1, 1)
+
+    solved = max(1, steps - start) if blend_words is not None else 1
+    arrays = {
+        **{k: v for k, v in rec.items() if v is not None},
+        "map_sum": map_sum.cpu().numpy(),
+        "self_attention_mean": (self_sum / solved).cpu().numpy(),
+        "clip_image": v.cpu().numpy(),
+        "clip_offset": offset.cpu().numpy(),
+        "clip_offset_pruned": pruned.cpu().numpy(),
+        "timesteps": scheduler.timesteps.cpu().numpy(),
+        "blend_token_indices_source": np.array(blend_tokens[0], np.int32),
+        "blend_token_indices_target": np.array(blend_tokens[1], np.int32),
+    }
+    if self_steps:
+        arrays["self_attention_per_step"] = np.stack(self_steps)
+    convert = tokenizer.convert_ids_to_tokens
+    tokens = {name: [tok.removesuffix("</w>") for tok in convert(tokenizer.encode(p))[:n_tokens]]
+              for name, p in (("source", source_prompt), ("target", target_prompt))}
+    return EditResult(
+        params=params, model=spec.name, source_prompt=source_prompt, target_prompt=target_prompt,
+        blend_words=blend_words, source_image=source_image, reconstruction=Image.fromarray(decoded[0]),
+        edited=Image.fromarray(decoded[1]), arrays=arrays, tokens=tokens, timings=timings, warnings=warnings,
+    )
