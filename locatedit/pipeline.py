@@ -217,7 +217,7 @@ def locatedit_edit(
     progress("prepare", 1, 1)
 
     # ---- encode: x_0, text context, IP embeddings with the pruned offset
-    pixels = torch.from_numpy(np.asarray(source_image)).permute(2, 0, 1)[None].to(device, torch.float32) / 127.5 - 1
+    pixels = torch.from_numpy(np.array(source_image)).permute(2, 0, 1)[None].to(device, torch.float32) / 127.5 - 1
     x0 = pipe.vae.encode(pixels.to(dtype)).latent_dist.mean * pipe.vae.config.scaling_factor
     ids = tokenizer(["", "", source_prompt, target_prompt], padding="max_length", truncation=True,
                     max_length=tokenizer.model_max_length, return_tensors="pt").input_ids.to(device)
@@ -350,6 +350,7 @@ def locatedit_edit(
         "clip_offset": offset.cpu().numpy(),
         "clip_offset_pruned": pruned.cpu().numpy(),
         "timesteps": scheduler.timesteps.cpu().numpy(),
+        "latents_final": x.float().cpu().numpy(),
         "blend_token_indices_source": np.array(blend_tokens[0], np.int32),
         "blend_token_indices_target": np.array(blend_tokens[1], np.int32),
     }

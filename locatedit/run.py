@@ -162,7 +162,7 @@ class Run:
     def image(self, name: str) -> Image.Image:
         if name not in IMAGES:
             raise KeyError(f"no image '{name}'; runs hold {IMAGES}")
-        return Image.open(self.path / f"{name}.png").convert("RGB" if name != "mask" else "L")
+        return Image.open(self.path / f"{name}.png").convert("L" if name.endswith("mask") else "RGB")
 
     def has(self, name: str) -> bool:
         return (self.path / f"{name}.png").is_file()

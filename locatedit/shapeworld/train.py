@@ -392,7 +392,8 @@ def extract_ip_adapter(unet) -> dict[str, dict]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def export(cfg: TrainConfig, vae, latents: dict, text_encoder, unet, clip, ip_weights, tokenizer) -> Path:
+def export(cfg: TrainConfig, vae, scaling_factor: float, text_encoder, unet, clip, ip_weights, tokenizer,
+           steps: dict | None = None) -> Path:
     """Write the diffusers layout: the SD pipeline folders, plus clip/ and ip_adapter/ beside them."""
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import save_file
@@ -401,7 +402,7 @@ def export(cfg: TrainConfig, vae, latents: dict, text_encoder, unet, clip, ip_we
 
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
-    vae.register_to_config(scaling_factor=latents["scaling_factor"])
+    vae.register_to_config(scaling_factor=scaling_factor)
     pipe = StableDiffusionPipeline(
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
@@ -427,8 +428,8 @@ def export(cfg: TrainConfig, vae, latents: dict, text_encoder, unet, clip, ip_we
         "vocabulary": list(VOCABULARY),
         "sizes": cfg.sizes.to_dict(),
         "seed": cfg.seed,
-        "steps": {s: Stage(cfg.work, s).info().get("steps") for s in ("vae", "clip", "unet", "ip_adapter")},
-        "scaling_factor": latents["scaling_factor"],
+        "steps": steps or {},
+        "scaling_factor": scaling_factor,
     }
     (out / "shapeworld.json").write_text(json.dumps(info, indent=2))
     return out
@@ -444,7 +445,8 @@ def train(cfg: TrainConfig) -> Path:
     clip = train_clip(cfg, data, tokenizer)
     unet, text_encoder = train_unet(cfg, data, latents, tokenizer)
     ip_weights = train_ip_adapter(cfg, data, latents, tokenizer, unet, text_encoder, clip)
-    out = export(cfg, vae, latents, text_encoder, unet, clip, ip_weights, tokenizer)
+    steps = {s: Stage(cfg.work, s).info().get("steps") for s in ("vae", "clip", "unet", "ip_adapter")}
+    out = export(cfg, vae, latents["scaling_factor"], text_encoder, unet, clip, ip_weights, tokenizer, steps)
     write_curves(cfg.work)
     return out
 
@@ -463,3 +465,17 @@ def write_curves(work: Path) -> Path:
     path = work / "curves.html"
     fig.write_html(path, include_plotlyjs="cdn")
     return path
+
+
+def export_untrained(out: Path, seed: int = 0, sizes: ModelSizes | None = None) -> Path:
+    """A randomly initialised model in the same layout: the seeded tiny fixture of mechanics tests."""
+    torch.manual_seed(seed)
+    sizes = sizes or ModelSizes(vae_channels=(16, 16, 16), unet_channels=(32, 32, 32), text_width=32, clip_width=32,
+                                clip_projection=32, text_layers=1, clip_layers=1)
+    cfg = TrainConfig(out=Path(out), sizes=sizes, seed=seed)
+    tokenizer = build_tokenizer()
+    unet = make_unet(sizes)
+    text_encoder = make_text_encoder(sizes, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    clip = make_clip(sizes, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    ip_weights = new_ip_adapter_state_dict(unet, sizes.clip_projection, seed=seed)
+    return export(cfg, make_vae(sizes), 1.0, text_encoder, unet, clip, ip_weights, tokenizer, {"untrained": 0})

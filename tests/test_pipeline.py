@@ -1,0 +1,207 @@
+"""The LOCATEdit pipeline's mechanics on a tiny seeded random model in the ShapeWorld layout (fast, no training)."""
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from PIL import Image
+
+from locatedit.attention import CROSS, IP, SELF, layer_resolutions
+from locatedit.loading import load_model
+from locatedit.p2p import BlendWordError, new_word_indices, refinement_mapper, word_token_indices
+from locatedit.pipeline import EditParams, edit_scheduler, edit_step, locatedit_edit, prepare_image
+from locatedit.run import Run, RunError, list_runs, save_run
+from locatedit.shapeworld.train import export_untrained
+from locatedit.shapeworld.world import sample_edit
+
+SRC = "a red circle on a blue background"
+TGT = "a red square on a blue background"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = export_untrained(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+    return load_model(str(path), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def image():
+    src, _, _ = sample_edit(np.random.default_rng(0), "change_shape").render()
+    return Image.fromarray(src)
+
+
+class EverythingUnchanged:
+    """Forms every probability map explicitly and returns it untouched."""
+
+    calls = 0
+
+    def wants(self, layer, kind, query_len):
+        return True
+
+    def __call__(self, layer, kind, probs):
+        self.calls += 1
+        return probs
+
+
+def test_recording_processors_match_sdpa_including_ip_adapter(tiny):
+    pipe = tiny.pipe
+    pipe.set_ip_adapter_scale(0.7)
+    x = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    ids = pipe.tokenizer([SRC] * 4, padding="max_length", return_tensors="pt").input_ids
+    ctx = pipe.text_encoder(ids)[0]
+    emb = torch.randn(4, 1, tiny.clip.config.projection_dim, generator=torch.Generator().manual_seed(1))
+    kwargs = dict(added_cond_kwargs={"image_embeds": [emb]})
+    with torch.no_grad():
+        plain = pipe.unet(x, 500, ctx, **kwargs).sample
+        controller = EverythingUnchanged()
+        explicit = pipe.unet(x, 500, ctx, cross_attention_kwargs={"controller": controller}, **kwargs).sample
+        no_ip = pipe.unet(x, 500, ctx, added_cond_kwargs={"image_embeds": [emb * 0]}).sample
+    n_layers = len(pipe.unet.attn_processors)
+    assert controller.calls == n_layers + n_layers // 2  # self + text cross + IP cross
+    assert torch.allclose(plain, explicit, atol=1e-5)
+    assert not torch.allclose(plain, no_ip, atol=1e-4)  # the IP branch really contributes
+
+
+def test_layer_resolutions_follow_the_unet_levels(tiny):
+    res = layer_resolutions(tiny.pipe.unet)
+    assert res["down_blocks.0.attentions.0.transformer_blocks.0.attn1"] == 16
+    assert res["down_blocks.1.attentions.0.transformer_blocks.0.attn2"] == 8
+    assert res["up_blocks.2.attentions.1.transformer_blocks.0.attn1"] == 16
+    assert res["mid_block.attentions.0.transformer_blocks.0.attn1"] == 4
+
+
+def test_refinement_mapper_aligns_equal_tokens_and_frees_new_ones(tiny):
+    tok = tiny.pipe.tokenizer
+    mapper, alphas = refinement_mapper(tok, SRC, TGT)
+    # a(1) red(2) circle->square(3) on(4) a(5) blue(6) background(7) eos(8)
+    assert alphas[3] == 0 and all(alphas[i] == 1 for i in (0, 1, 2, 4, 5, 6, 7, 8))
+    assert mapper[4] == 4 and mapper[8] == 8
+    mapper, alphas = refinement_mapper(tok, SRC, "a red circle and a green star on a blue background")
+    # a red circle [and a green star](4-7) on(8) a(9) ...: "on" moved from 4 to 8, the inserted words are new
+    assert mapper[8] == 4 and mapper[9] == 5 and alphas[8] == 1
+    assert [int(a) for a in alphas[4:8]] == [0, 0, 0, 0]
+    assert mapper[-1] == tok.model_max_length - 1 and alphas[-1] == 1  # padding copies padding
+
+
+def test_word_lookup_matches_reference_rules(tiny):
+    tok = tiny.pipe.tokenizer
+    assert word_token_indices(tok, "a red circle and a red star", "red") == [2, 6]
+    assert word_token_indices(tok, SRC, "square") == []
+    assert new_word_indices(tok, SRC, TGT) == [3]
+
+
+def test_edit_step_matches_ddim_when_the_source_prediction_is_exact(tiny):
+    sched = edit_scheduler(tiny.pipe)
+    sched.set_timesteps(50)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(1, 4, 8, 8, generator=gen) * 1.6 - 0.8  # inside the clamp range
+    e = torch.randn(1, 4, 8, 8, generator=gen)
+    t = int(sched.timesteps[10])
+    a = sched.alphas_cumprod[t]
+    x = (a.sqrt() * x0 + (1 - a).sqrt() * e).repeat(2, 1, 1, 1)
+    ours = edit_step(sched, e.repeat(2, 1, 1, 1), t, x, x0, 0.0, None, None, 50)
+    reference = DDIMScheduler.from_config(sched.config)
+    reference.set_timesteps(50)
+    expected = reference.step(e, t, x[:1], eta=0.0).prev_sample
+    assert torch.allclose(ours[0], expected[0], atol=1e-5)
+    assert torch.allclose(ours[1], ours[0], atol=1e-6)  # same eps on both branches -> same step
+
+
+@pytest.fixture(scope="module")
+def edit(tiny, image):
+    return locatedit_edit(tiny, image, SRC, TGT, ("circle", "square"), EditParams(steps=10, seed=3))
+
+
+def test_edit_records_what_a_run_needs(edit):
+    a = edit.arrays
+    assert a["m0"].shape == (10, 2, 256) and a["mask"].shape == (10, 2, 16, 16)
+    solved = np.flatnonzero(~np.isnan(a["m_star"][:, 0, 0]))
+    assert solved.tolist() == list(range(1, 10))  # start: int(0.2 * 10) - 1
+    assert a["cross_maps"].shape[:3] == (10, 3, 2)  # 3 cross-attention layers at 8x8
+    assert a["self_attention_mean"].shape == (2, 256, 256)
+    assert np.allclose(a["self_attention_mean"].sum(-1), 1, atol=1e-3)  # rows of softmax
+    assert (a["clip_offset_pruned"] == 0).sum() >= 0.05 * a["clip_offset"].size  # ~8.9 % pruned
+    assert edit.tokens["target"][3] == "square"
+
+
+def test_target_mask_is_the_union_and_blending_keeps_the_background(edit):
+    masks = edit.arrays["mask"]
+    assert (masks[:, 1] >= masks[:, 0]).all()
+    final = masks[-1, 1]
+    lat = edit.arrays["latents_final"]
+    assert final.any() and not final.all()
+    assert np.allclose(lat[1][:, ~final], lat[0][:, ~final], atol=1e-5)  # outside the mask: the source latent
+
+
+def test_lambda_zero_returns_m0(tiny, image):
+    res = locatedit_edit(tiny, image, SRC, TGT, ("circle", "square"), EditParams(steps=6, lam=0.0))
+    steps = np.flatnonzero(~np.isnan(res.arrays["m_star"][:, 0, 0]))
+    assert np.allclose(res.arrays["m_star"][steps], res.arrays["m0"][steps], atol=1e-5)
+
+
+def test_maps_after_p2p_carry_the_equalizer(tiny, image):
+    # Masks start at step 2 (= int(0.5 * 6) - 1), so both runs follow the same trajectory up to step 2 and only the
+    # moment of recording differs; the P2P window covers steps 0-1 (int(0.4 * 7)).
+    params = EditParams(steps=6, start_blend=0.5)
+    after = locatedit_edit(tiny, image, SRC, TGT, ("circle", "square"), params)
+    before = locatedit_edit(tiny, image, SRC, TGT, ("circle", "square"), EditParams(**{**params.to_dict(),
+                                                                                       "maps_after_p2p": False}))
+    ratio = after.arrays["m0"][:2, 1] / before.arrays["m0"][:2, 1]
+    assert np.allclose(ratio, 15.0, rtol=1e-4)  # the new word "square" is re-weighted x15 in the stored maps
+    assert np.allclose(after.arrays["m0"][2], before.arrays["m0"][2], rtol=1e-4)  # outside the window: the same
+
+
+def test_no_blend_words_means_no_mask_and_no_blending(tiny, image):
+    res = locatedit_edit(tiny, image, SRC, TGT, None, EditParams(steps=4))
+    assert not res.arrays["mask"].any() and np.isnan(res.arrays["m_star"]).all()
+
+
+def test_variants_run(tiny, image):
+    for params in (EditParams(steps=4, solver="vimaedit"), EditParams(steps=4, mask_source="localblend"),
+                   EditParams(steps=4, noise="masked", keep_percent=100.0, store_self_attention="per_step")):
+        res = locatedit_edit(tiny, image, SRC, TGT, "circle square", params)
+        assert res.arrays["mask"][-1].any()
+    assert res.arrays["self_attention_per_step"].shape == (4, 2, 256, 256)  # int(0.2 * 4) = 0: every step
+    assert np.array_equal(res.arrays["clip_offset_pruned"], res.arrays["clip_offset"])
+
+
+def test_bad_inputs_get_clear_errors(tiny, image, tmp_path, monkeypatch):
+    with pytest.raises(BlendWordError, match="neither prompt"):
+        locatedit_edit(tiny, image, SRC, TGT, ("dog", "cat"), EditParams(steps=2))
+    with pytest.raises(ValueError, match="does not know the word"):
+        locatedit_edit(tiny, image, "a red dog on a blue background", TGT, None, EditParams(steps=2))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match="could not read the image"):
+        prepare_image(str(broken), 64)
+    monkeypatch.setattr("locatedit.pipeline.MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ValueError, match="downscale"):
+        prepare_image(image, 64)
+    with pytest.raises(ValueError, match="unknown solver"):
+        EditParams(solver="magic")
+
+
+def test_run_round_trip_and_damaged_runs(edit, tmp_path, monkeypatch):
+    run = save_run(edit, tmp_path, gt_mask=np.eye(64, dtype=bool))
+    again = Run.load(run.path)
+    assert again.meta["blend_words"] == ["circle", "square"] and again.params["steps"] == 10
+    assert np.array_equal(again.arrays["m0"], edit.arrays["m0"])
+    assert again.gt_mask().shape == (64, 64) and again.image("edited").size == (64, 64)
+    assert "torch" in again.meta["versions"]
+    # a crash while writing leaves nothing that looks like a run
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez_compressed", boom)
+    with pytest.raises(OSError):
+        save_run(edit, tmp_path, run_id="crashed")
+    assert not (tmp_path / "crashed").exists() and not any(p.name.startswith(".tmp") for p in tmp_path.iterdir())
+    monkeypatch.undo()
+    (tmp_path / "not-a-run").mkdir()
+    with pytest.raises(RunError, match="not a complete run"):
+        Run.load(tmp_path / "not-a-run")
+    with pytest.raises(RunError, match="not a run directory"):
+        Run.load(tmp_path / "missing")
+    (run.path / "run.json").write_text("{broken")
+    with pytest.raises(RunError, match="not valid JSON"):
+        Run.load(run.path)
+    assert list_runs(tmp_path) == []
