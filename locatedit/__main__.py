@@ -31,25 +31,13 @@ def _edit(args: argparse.Namespace) -> int:
     import dataclasses
 
     from PIL import Image
+    from tqdm import tqdm
 
     from .loading import load_model
     from .pipeline import EditParams, locatedit_edit
     from .run import save_run
 
-    params = EditParams()
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        fields = {f.name: f for f in dataclasses.fields(EditParams)}
-        if key not in fields:
-            raise ValueError(f"unknown parameter '{key}'; parameters are: {', '.join(fields)}")
-        current = getattr(params, key)
-        if isinstance(current, bool):
-            parsed = value.lower() in ("1", "true", "yes", "on")
-        elif current is None:
-            parsed = int(value) if value.lower() != "none" else None
-        else:
-            parsed = type(current)(value)
-        params = dataclasses.replace(params, **{key: parsed})
+    params = EditParams(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EditParams)})
     gt_mask = gt_target = None
     if args.shapeworld_edit:
         import numpy as np
@@ -61,19 +49,27 @@ def _edit(args: argparse.Namespace) -> int:
         image, source_prompt, target_prompt = Image.fromarray(source), edit.source_prompt, edit.target_prompt
         blend = edit.blend_words
     else:
-        if not (args.image and args.source and args.target):
-            raise ValueError("give --image, --source and --target (or --shapeworld-edit TYPE for a generated edit)")
-        image, source_prompt, target_prompt, blend = args.image, args.source, args.target, args.blend
+        if not (args.image and args.source_prompt and args.target_prompt):
+            raise ValueError("give --image, --source-prompt and --target-prompt "
+                             "(or --shapeworld-edit TYPE for a generated edit with ground truth)")
+        image, source_prompt, target_prompt, blend = args.image, args.source_prompt, args.target_prompt, args.blend
+    out = args.out
+    if out is not None and out.exists():
+        raise ValueError(f"{out} already exists; runs are never overwritten, pick a new --out")
     model = load_model(args.model)
+    bar = tqdm(total=params.steps, desc="denoising", unit="step")
 
     def progress(stage: str, i: int, n: int) -> None:
-        print(f"\r{stage}: {i}/{n}", end="" if stage == "denoise" and i < n else "\n", flush=True)
+        if stage == "denoise":
+            bar.update(1)
 
     result = locatedit_edit(model, image, source_prompt, target_prompt, blend, params, progress)
-    run = save_run(result, args.out, gt_mask=gt_mask, gt_target=gt_target)
+    bar.close()
+    root, run_id = (out.parent, out.name) if out is not None else (Path("data/runs"), None)
+    run = save_run(result, root, run_id=run_id, gt_mask=gt_mask, gt_target=gt_target)
     for warning in result.warnings:
         print(f"warning: {warning}")
-    print(f"run saved: {run.path} ({result.timings['total']:.1f} s)")
+    print(f"run saved: {run.path} (edited.png, mask.png; {result.timings['total']:.1f} s)")
     return 0
 
 
@@ -83,6 +79,25 @@ def _export(args: argparse.Namespace) -> int:
     out = export_piebench(sample_edits(args.seed, args.per_type), args.out)
     print(f"wrote {6 * args.per_type} edits in PIE-Bench format to {out}")
     return 0
+
+
+def _add_param_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per EditParams field, named after it, with the reference default."""
+    import dataclasses
+
+    from .pipeline import EditParams
+
+    group = parser.add_argument_group("hyperparameters (reference defaults)")
+    defaults = EditParams()
+    for f in dataclasses.fields(EditParams):
+        value = getattr(defaults, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            group.add_argument(flag, default=value, action=argparse.BooleanOptionalAction, help="default: %(default)s")
+        elif value is None:
+            group.add_argument(flag, type=int, default=None, help="default: %(default)s")
+        else:
+            group.add_argument(flag, type=type(value), default=value, help="default: %(default)s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,17 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--attention", action="store_true", help="also save <out>_attention.npz and .png")
     gen.set_defaults(run=_generate)
     ed = sub.add_parser("edit", help="run a LOCATEdit edit and save it as a run directory")
-    ed.add_argument("--image", help="source image file")
-    ed.add_argument("--source", help="source prompt")
-    ed.add_argument("--target", help="target prompt")
-    ed.add_argument("--blend", help="blend words 'source_word target_word' (empty: no mask, no blending)")
+    ed.add_argument("--image", help="source image file (centre-cropped to a square)")
+    ed.add_argument("--source-prompt", help="what the image shows")
+    ed.add_argument("--target-prompt", help="what it should show")
+    ed.add_argument("--blend", help="blend words 'source_word target_word' (none: no mask and no blending)")
     ed.add_argument("--shapeworld-edit", choices=["change_shape", "change_colour", "change_texture",
                                                   "change_background", "add_object", "remove_object"],
-                    help="instead of an image: a generated ShapeWorld edit with its ground truth")
+                    help="instead of an image: a generated ShapeWorld edit, saved with its ground truth")
     ed.add_argument("--scene-seed", type=int, default=0, help="seed of the generated ShapeWorld edit")
-    ed.add_argument("--model", default="shapeworld")
-    ed.add_argument("--out", type=Path, default=Path("data/runs"), help="run library folder")
-    ed.add_argument("--set", action="append", metavar="KEY=VALUE", help="any EditParams field, e.g. --set lam=0")
+    ed.add_argument("--model", default="shapeworld", help="'shapeworld', 'sd15', or a model folder")
+    ed.add_argument("--out", type=Path, help="the run directory to create (default: data/runs/<new id>)")
+    _add_param_flags(ed)
     ed.set_defaults(run=_edit)
     exp = sub.add_parser("export-shapeworld", help="write a ShapeWorld edit set in PIE-Bench's format")
     exp.add_argument("--out", type=Path, required=True)

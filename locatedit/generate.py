@@ -18,14 +18,6 @@ class Generation:
     maps: dict[int, np.ndarray]  # resolution -> (tokens, res, res), mean over layers, heads and steps
 
 
-def check_words(model: LoadedModel, prompt: str) -> None:
-    """ShapeWorld knows a fixed vocabulary; say so clearly instead of generating from character fallbacks."""
-    if model.spec.name == "shapeworld":
-        from .shapeworld.tokenizer import check_prompt
-
-        check_prompt(prompt)
-
-
 def generate(
     model: LoadedModel,
     prompt: str,
@@ -35,7 +27,7 @@ def generate(
     ip_image: Image.Image | None = None,
     ip_scale: float = 0.0,
 ) -> Generation:
-    check_words(model, prompt)
+    model.spec.check_prompt(prompt)
     pipe = model.pipe
     resolutions = layer_resolutions(pipe.unet)
     keep = {model.spec.graph_resolution, model.spec.mask_resolution}

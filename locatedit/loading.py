@@ -32,21 +32,35 @@ class ModelSpec:
     graph_resolution: int  # self-attention S (the CASA graph)
     mask_resolution: int  # cross-attention m0
     how_to_get: str
+    vocabulary: tuple[str, ...] | None = None  # a closed vocabulary (ShapeWorld): unknown words are refused
+
+    def check_prompt(self, prompt: str) -> None:
+        """Refuse words outside a closed vocabulary, with the list of known words."""
+        if self.vocabulary is not None:
+            from .shapeworld.tokenizer import check_prompt
+
+            check_prompt(prompt, self.vocabulary)
 
 
-def shapeworld_spec(path: Path = SHAPEWORLD_DIR) -> ModelSpec:
+SPEC_FILE = "locatedit.json"  # beside a local model: its name, image size and attention resolutions
+
+
+def local_spec(path: Path) -> ModelSpec:
+    """The spec of a model folder in the ShapeWorld layout (pipeline + clip/ + ip_adapter/ + locatedit.json)."""
+    info = json.loads((path / SPEC_FILE).read_text())
     return ModelSpec(
-        name="shapeworld",
+        name=info.get("name", path.name),
         pipeline=str(path),
         ip_adapter=str(path / "ip_adapter"),
         ip_adapter_subfolder="",
-        ip_adapter_weights="ip-adapter_shapeworld.safetensors",
+        ip_adapter_weights=info.get("ip_adapter_weights", "ip-adapter_shapeworld.safetensors"),
         image_encoder_folder="image_encoder",
         clip=str(path / "clip"),
-        image_size=64,
-        graph_resolution=16,
-        mask_resolution=8,
+        image_size=int(info["image_size"]),
+        graph_resolution=int(info["graph_resolution"]),
+        mask_resolution=int(info["mask_resolution"]),
         how_to_get="train it with `python -m locatedit.shapeworld train` (it ships in git at data/models/shapeworld)",
+        vocabulary=tuple(info["vocabulary"]) if "vocabulary" in info else None,
     )
 
 
@@ -67,17 +81,22 @@ SD15 = ModelSpec(
 
 
 def resolve(name_or_path: str) -> ModelSpec:
-    """'shapeworld', 'sd15', or a folder holding a ShapeWorld-layout model (shapeworld.json beside the pipeline)."""
+    """'shapeworld', 'sd15', or a folder holding a model in the ShapeWorld layout (locatedit.json beside it)."""
     if name_or_path == "shapeworld":
-        return shapeworld_spec()
+        if not (SHAPEWORLD_DIR / SPEC_FILE).is_file():
+            raise ModelNotAvailableError(
+                f"the ShapeWorld model is missing at {SHAPEWORLD_DIR}: it ships in git (check out data/models/) or "
+                "can be retrained with `python -m locatedit.shapeworld train`"
+            )
+        return local_spec(SHAPEWORLD_DIR)
     if name_or_path in ("sd15", "sd1.5", "stable-diffusion-v1-5"):
         return SD15
     path = Path(name_or_path)
-    if (path / "shapeworld.json").is_file():
-        return shapeworld_spec(path)
+    if (path / SPEC_FILE).is_file():
+        return local_spec(path)
     raise ModelNotAvailableError(
         f"unknown model '{name_or_path}': use 'shapeworld' (embedded, runs on CPU), 'sd15' (needs the SD 1.5 weights) "
-        "or a folder exported by `python -m locatedit.shapeworld train`"
+    "or a folder exported by `python -m locatedit.shapeworld train`"
     )
 
 
@@ -104,8 +123,6 @@ def load_model(name_or_path: str = "shapeworld", device: str | None = None, dtyp
     spec = resolve(name_or_path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.float16 if device.startswith("cuda") and spec.name == "sd15" else torch.float32)
-    if spec.name == "shapeworld" and not (Path(spec.pipeline) / "model_index.json").is_file():
-        raise ModelNotAvailableError(f"the ShapeWorld model is missing at {spec.pipeline}: {spec.how_to_get}")
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             spec.pipeline, dtype=dtype, safety_checker=None, requires_safety_checker=False
@@ -126,5 +143,5 @@ def load_model(name_or_path: str = "shapeworld", device: str | None = None, dtyp
     return LoadedModel(spec, pipe, clip.to(device).eval(), clip_tokenizer)
 
 
-def shapeworld_info(path: Path = SHAPEWORLD_DIR) -> dict:
-    return json.loads((path / "shapeworld.json").read_text())
+def model_info(path: Path = SHAPEWORLD_DIR) -> dict:
+    return json.loads((path / SPEC_FILE).read_text())

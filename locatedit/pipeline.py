@@ -74,6 +74,16 @@ class EditParams:
             (self.noise in ("uniform", "masked"), "noise must be 'uniform' or 'masked'"),
             (self.store_self_attention in ("mean", "per_step"), "store_self_attention must be 'mean' or 'per_step'"),
             (0 <= self.start_blend < 1, "start_blend must lie in [0, 1)"),
+            (self.steps <= 1000, "steps must be at most 1000 (the noise schedule has 1000 timesteps)"),
+            (0 <= self.source_guidance <= 50 and 0 <= self.target_guidance <= 50, "guidance scales must lie in [0, 50]"),
+            (0 <= self.ip_scale <= 5, "ip_scale must lie in [0, 5]"),
+            (self.alpha > 0, "alpha (α) must be positive"),
+            (all(0 <= v <= 1 for v in (self.blend_threshold, self.noise_threshold, self.localblend_threshold,
+                                       self.self_replace, self.cross_replace, self.ip_replace, self.center)),
+             "thresholds, replace fractions and the sigmoid centre must lie in [0, 1]"),
+            (self.equalizer > 0, "equalizer must be positive"),
+            (0 <= self.eta <= 1, "eta must lie in [0, 1]"),
+            (self.solver_rtol > 0, "solver_rtol must be positive"),
         ]
         for ok, message in checks:
             if not ok:
@@ -109,8 +119,10 @@ class EditResult:
 Progress = Callable[[str, int, int], None]
 
 
-def prepare_image(image: Image.Image | str, size: int) -> Image.Image:
-    """Centre-crop to a square and resize (the reference's load_512); clear errors for broken or huge files."""
+def prepare_image(image: Image.Image | str, size: int) -> tuple[Image.Image, str | None]:
+    """Centre-crop to a square and resize (the reference's load_512); clear errors for broken or huge files.
+
+    Returns the image and a note when it had to be cropped (the caller reports it)."""
     if not isinstance(image, Image.Image):
         try:
             image = Image.open(image)
@@ -124,8 +136,12 @@ def prepare_image(image: Image.Image | str, size: int) -> Image.Image:
         )
     image = image.convert("RGB")
     side = min(image.size)
+    note = None
+    if image.width != image.height:
+        note = (f"the image is {image.width}x{image.height}, not square: its centre {side}x{side} was edited, "
+                "as the reference does")
     left, top = (image.width - side) // 2, (image.height - side) // 2
-    return image.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
+    return image.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS), note
 
 
 def edit_scheduler(pipe) -> DDIMScheduler:
@@ -194,10 +210,14 @@ def locatedit_edit(
     clock = time.perf_counter()
 
     # ---- inputs
-    if model.spec.name == "shapeworld":
-        from .shapeworld.tokenizer import check_prompt
-
-        check_prompt(source_prompt), check_prompt(target_prompt)
+    spec.check_prompt(source_prompt), spec.check_prompt(target_prompt)
+    for name, prompt in (("source", source_prompt), ("target", target_prompt)):
+        if not prompt.strip():
+            raise ValueError(f"the {name} prompt is empty; describe the image (source) and the edit (target)")
+        n = len(pipe.tokenizer.encode(prompt))
+        if n > pipe.tokenizer.model_max_length:
+            raise ValueError(f"the {name} prompt has {n} tokens but the text encoder reads at most "
+                             f"{pipe.tokenizer.model_max_length}; shorten it")
     if isinstance(blend_words, str):
         words = blend_words.split()
         blend_words = (words[0], words[1]) if len(words) >= 2 else None
@@ -212,8 +232,11 @@ def locatedit_edit(
             )
         for row, (word, prompt) in enumerate(zip(blend_words, (source_prompt, target_prompt))):
             if not blend_tokens[row]:
-                warnings.append(f"blend word '{word}' is not in '{prompt}': its mask row is empty")
-    source_image = prepare_image(image, spec.image_size)
+                warnings.append(f"blend word '{word}' is not in '{prompt}' (its words: {prompt.split()}): "
+                                "that row's mask is empty")
+    source_image, note = prepare_image(image, spec.image_size)
+    if note:
+        warnings.append(note)
     progress("prepare", 1, 1)
 
     # ---- encode: x_0, text context, IP embeddings with the pruned offset
@@ -351,6 +374,7 @@ def locatedit_edit(
         "clip_offset_pruned": pruned.cpu().numpy(),
         "timesteps": scheduler.timesteps.cpu().numpy(),
         "latents_final": x.float().cpu().numpy(),
+        "x0": x0.float().cpu().numpy(),
         "blend_token_indices_source": np.array(blend_tokens[0], np.int32),
         "blend_token_indices_target": np.array(blend_tokens[1], np.int32),
     }

@@ -173,6 +173,12 @@ def test_bad_inputs_get_clear_errors(tiny, image, tmp_path, monkeypatch):
     broken.write_bytes(b"\x89PNG not really")
     with pytest.raises(ValueError, match="could not read the image"):
         prepare_image(str(broken), 64)
+    _, note = prepare_image(Image.new("RGB", (80, 64)), 64)
+    assert "not square" in note
+    with pytest.raises(ValueError, match="shorten it"):
+        locatedit_edit(tiny, image, " ".join(["a red circle"] * 10), TGT, None, EditParams(steps=2))
+    with pytest.raises(ValueError, match="guidance"):
+        EditParams(target_guidance=500)
     monkeypatch.setattr("locatedit.pipeline.MAX_IMAGE_PIXELS", 100)
     with pytest.raises(ValueError, match="downscale"):
         prepare_image(image, 64)
@@ -205,3 +211,27 @@ def test_run_round_trip_and_damaged_runs(edit, tmp_path, monkeypatch):
     with pytest.raises(RunError, match="not valid JSON"):
         Run.load(run.path)
     assert list_runs(tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def sd_ladder(tmp_path_factory):
+    """SD 1.5's resolution ladder at 1/4 scale: 4 UNet levels, 2 layers per block, VAE x8, 128 px."""
+    return load_model(str(export_untrained(tmp_path_factory.mktemp("sd") / "model", seed=1, ladder="sd15")), device="cpu")
+
+
+def test_sd_ladder_records_the_five_layers_at_each_resolution(sd_ladder, image):
+    params = EditParams(steps=8, seed=5)
+    res = locatedit_edit(sd_ladder, image, SRC, TGT, ("circle", "square"), params)
+    a = res.arrays
+    assert sd_ladder.spec.graph_resolution == 8 and sd_ladder.spec.mask_resolution == 4
+    assert a["cross_maps"].shape[:3] == (8, 5, 2) and a["cross_maps"].shape[-2:] == (4, 4)
+    assert a["m0"].shape == (8, 2, 64) and a["self_attention_mean"].shape == (2, 64, 64)
+    assert a["mask"].shape == (8, 2, 16, 16) and res.edited.size == (128, 128)
+    again = locatedit_edit(sd_ladder, image, SRC, TGT, ("circle", "square"), params)
+    assert np.array_equal(np.asarray(again.edited), np.asarray(res.edited))  # deterministic for a fixed seed
+    assert np.array_equal(again.arrays["mask"], a["mask"])
+    # The source's x0-prediction is x_0 at every step; at t = 0 the step returns it: the source ends exactly at x_0.
+    assert np.allclose(a["latents_final"][0], np.clip(a["x0"][0], -1, 1), atol=1e-5)
+    unrefined = locatedit_edit(sd_ladder, image, SRC, TGT, ("circle", "square"), EditParams(steps=8, seed=5, lam=0.0))
+    solved = np.flatnonzero(~np.isnan(unrefined.arrays["m_star"][:, 0, 0]))
+    assert np.allclose(unrefined.arrays["m_star"][solved], unrefined.arrays["m0"][solved], atol=1e-5)

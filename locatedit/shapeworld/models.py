@@ -37,6 +37,12 @@ class ModelSizes:
     clip_width: int = 64
     clip_layers: int = 2
     clip_projection: int = 64
+    layers_per_block: int = 1  # SD 1.5 uses 2 (then 2 attention layers per down level and 3 per up level)
+    image_size: int = IMAGE_SIZE
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // 2 ** (len(self.vae_channels) - 1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,7 +59,7 @@ def make_vae(sizes: ModelSizes) -> AutoencoderKL:
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=16,
-        sample_size=IMAGE_SIZE,
+        sample_size=sizes.image_size,
         mid_block_add_attention=False,  # fully convolutional, so training on crops matches full images
     )
 
@@ -75,14 +81,15 @@ def make_text_encoder(sizes: ModelSizes, vocab_size: int, bos: int, eos: int) ->
 
 
 def make_unet(sizes: ModelSizes) -> UNet2DConditionModel:
+    levels = len(sizes.unet_channels)  # cross-attention on every level but the lowest, as in SD 1.5
     return UNet2DConditionModel(
-        sample_size=IMAGE_SIZE // 4,
+        sample_size=sizes.latent_size,
         in_channels=4,
         out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
         block_out_channels=sizes.unet_channels,
-        layers_per_block=1,
+        layers_per_block=sizes.layers_per_block,
         attention_head_dim=sizes.unet_heads,  # diffusers' legacy name: this is the number of heads
         cross_attention_dim=sizes.text_width,
         norm_num_groups=32,
@@ -113,8 +120,8 @@ def make_clip(sizes: ModelSizes, vocab_size: int, bos: int, eos: int) -> CLIPMod
         intermediate_size=4 * sizes.clip_width,
         num_hidden_layers=sizes.clip_layers,
         num_attention_heads=4,
-        image_size=IMAGE_SIZE,
-        patch_size=8,
+        image_size=sizes.image_size,
+        patch_size=sizes.image_size // 8,
         projection_dim=sizes.clip_projection,
     )
     config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=sizes.clip_projection)

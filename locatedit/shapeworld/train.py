@@ -57,6 +57,8 @@ class TrainConfig:
     ip_text_dropout: float = 0.5
     ema_decay: float = 0.999
     sizes: ModelSizes = field(default_factory=ModelSizes)
+    name: str = "shapeworld"
+    graph_level: int = 0  # UNet level whose self-attention is the CASA graph (m0 comes from the next level down)
 
     def scaled(self, factor: float) -> "TrainConfig":
         """A copy with every step count scaled (for smoke tests)."""
@@ -423,15 +425,21 @@ def export(cfg: TrainConfig, vae, scaling_factor: float, text_encoder, unet, cli
     flat = {f"image_proj.{k}": v.contiguous() for k, v in ip_weights["image_proj"].items()}
     flat |= {f"ip_adapter.{k}": v.contiguous() for k, v in ip_weights["ip_adapter"].items()}
     save_file(flat, ip_dir / "ip-adapter_shapeworld.safetensors")
+    n_levels = len(cfg.sizes.unet_channels)
+    latent = cfg.sizes.latent_size
     info = {
-        "name": "shapeworld",
+        "name": cfg.name,
+        "image_size": cfg.sizes.image_size,
+        "graph_resolution": latent // 2 ** cfg.graph_level,
+        "mask_resolution": latent // 2 ** (cfg.graph_level + 1),
+        "unet_levels": n_levels,
         "vocabulary": list(VOCABULARY),
         "sizes": cfg.sizes.to_dict(),
         "seed": cfg.seed,
         "steps": steps or {},
         "scaling_factor": scaling_factor,
     }
-    (out / "shapeworld.json").write_text(json.dumps(info, indent=2))
+    (out / "locatedit.json").write_text(json.dumps(info, indent=2))
     return out
 
 
@@ -467,12 +475,22 @@ def write_curves(work: Path) -> Path:
     return path
 
 
-def export_untrained(out: Path, seed: int = 0, sizes: ModelSizes | None = None) -> Path:
+TINY = dict(text_width=32, clip_width=32, clip_projection=32, text_layers=1, clip_layers=1)
+TINY_LADDERS = {
+    # ShapeWorld's own ladder: 64 px, VAE x4, UNet levels 16/8/4 -> S at 16x16, m0 at 8x8
+    "shapeworld": ModelSizes(vae_channels=(16, 16, 16), unet_channels=(32, 32, 32), **TINY),
+    # SD 1.5's ladder at 1/4 scale: 128 px, VAE x8, UNet levels 16/8/4/2, 2 layers per block -> S from the 5
+    # self-attention layers at level 1 (8x8), m0 from the 5 cross-attention layers at level 2 (4x4), like SD's 32/16
+    "sd15": ModelSizes(vae_channels=(16, 16, 16, 16), unet_channels=(32, 32, 32, 32), layers_per_block=2,
+                       image_size=128, **TINY),
+}
+
+
+def export_untrained(out: Path, seed: int = 0, ladder: str = "shapeworld") -> Path:
     """A randomly initialised model in the same layout: the seeded tiny fixture of mechanics tests."""
     torch.manual_seed(seed)
-    sizes = sizes or ModelSizes(vae_channels=(16, 16, 16), unet_channels=(32, 32, 32), text_width=32, clip_width=32,
-                                clip_projection=32, text_layers=1, clip_layers=1)
-    cfg = TrainConfig(out=Path(out), sizes=sizes, seed=seed)
+    sizes = TINY_LADDERS[ladder]
+    cfg = TrainConfig(out=Path(out), sizes=sizes, seed=seed, name=f"tiny-{ladder}", graph_level=1 if ladder == "sd15" else 0)
     tokenizer = build_tokenizer()
     unet = make_unet(sizes)
     text_encoder = make_text_encoder(sizes, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
