@@ -37,7 +37,7 @@ def _edit(args: argparse.Namespace) -> int:
     from .pipeline import EditParams, locatedit_edit
     from .run import save_run
 
-    params = EditParams(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EditParams)})
+    params = _params(args)
     gt_mask = gt_target = None
     if args.shapeworld_edit:
         import numpy as np
@@ -73,12 +73,63 @@ def _edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from analysis.bench import collect, run_benchmark, write_config
+
+    from .loading import load_model
+
+    try:
+        from accelerate import PartialState
+
+        state = PartialState(cpu=not _cuda())
+        shard = (state.process_index, state.num_processes)
+        device = str(state.device)
+    except ImportError:
+        state, shard, device = None, (0, 1), None
+    if shard[0] == 0:
+        write_config(args.out, {"data": str(args.data), "methods": args.methods, "limit": args.limit,
+                                "types": args.types, "model": args.model, "processes": shard[1]})
+    model = load_model(args.model, device=device)
+    bar = tqdm(desc=f"bench (process {shard[0] + 1}/{shard[1]})", unit="edit", position=shard[0])
+
+    def progress(done: int, total: int, seconds: float) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    run_benchmark(model, args.data, args.out, args.methods, args.limit, args.types, base=_params(args),
+                  progress=progress, shard=shard)
+    bar.close()
+    if state is not None:
+        state.wait_for_everyone()
+    if shard[0] == 0:
+        table = collect(args.out)
+        print((args.out / "summary.md").read_text())
+        print(f"{len(table)} runs scored: {args.out}/results.csv, results.sqlite, summary.md")
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _export(args: argparse.Namespace) -> int:
     from .shapeworld.world import export_piebench, sample_edits
 
     out = export_piebench(sample_edits(args.seed, args.per_type), args.out)
     print(f"wrote {6 * args.per_type} edits in PIE-Bench format to {out}")
     return 0
+
+
+def _params(args: argparse.Namespace):
+    import dataclasses
+
+    from .pipeline import EditParams
+
+    return EditParams(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EditParams)})
 
 
 def _add_param_flags(parser: argparse.ArgumentParser) -> None:
@@ -125,6 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     ed.add_argument("--out", type=Path, help="the run directory to create (default: data/runs/<new id>)")
     _add_param_flags(ed)
     ed.set_defaults(run=_edit)
+    bench = sub.add_parser("bench", help="edit a PIE-Bench-format folder with several methods, resumable; "
+                           "shards across GPUs under `accelerate launch -m locatedit bench ...`")
+    bench.add_argument("--data", type=Path, required=True, help="folder holding mapping_file.json")
+    bench.add_argument("--out", type=Path, required=True, help="results folder (runs, results.csv, summary.md)")
+    bench.add_argument("--methods", nargs="+", default=["locatedit"],
+                       help="locatedit, no_laplacian, vimaedit_smoothing, p2p_localblend, no_pruning")
+    bench.add_argument("--limit", type=int, help="first N items only")
+    bench.add_argument("--types", nargs="+", help="editing type ids (0-9) or names")
+    bench.add_argument("--model", default="shapeworld")
+    _add_param_flags(bench)
+    bench.set_defaults(run=_bench)
     exp = sub.add_parser("export-shapeworld", help="write a ShapeWorld edit set in PIE-Bench's format")
     exp.add_argument("--out", type=Path, required=True)
     exp.add_argument("--per-type", type=int, default=20, help="edits per editing type (6 types)")

@@ -1,0 +1,154 @@
+"""Benchmark runs over a PIE-Bench-format folder: every item x method, resumable, sharded across processes.
+
+Each (item, method) becomes a Run under ``<out>/runs/<method>/<key>``; a Run directory only appears once complete
+(atomic rename), so a killed benchmark loses at most the item in progress and a second call skips what is done.
+Metrics (PIE-Bench's weight-free ones, ground-truth scores on ShapeWorld) and failure signatures are computed from
+the saved runs and written to ``results.csv`` and ``results.sqlite``; ``summary.md`` holds the paper-style table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from locatedit.piebench import EDITING_TYPES, BenchItem, load_mapping
+from locatedit.pipeline import EditParams
+from locatedit.run import Run, RunError, save_run
+
+from . import failures, metrics
+
+# Method name -> overrides of EditParams: the variants are switches of one pipeline.
+METHODS: dict[str, dict] = {
+    "locatedit": {},
+    "no_laplacian": {"lam": 0.0},
+    "vimaedit_smoothing": {"solver": "vimaedit"},
+    "p2p_localblend": {"mask_source": "localblend"},
+    "no_pruning": {"keep_percent": 100.0},
+}
+# Paper table columns and their reporting scale (§c).
+SCALES = {"bg_psnr": 1.0, "bg_mse": 1e4, "bg_ssim": 1e2, "mask_iou_gt": 1.0, "target_psnr": 1.0, "bg_psnr_true": 1.0}
+
+
+def select(items: list[BenchItem], types: list[str] | None, limit: int | None) -> list[BenchItem]:
+    if types:
+        wanted = {t if t in EDITING_TYPES else _type_id(t) for t in types}
+        items = [i for i in items if i.editing_type_id in wanted]
+    return items[:limit] if limit else items
+
+
+def _type_id(name: str) -> str:
+    for key, value in EDITING_TYPES.items():
+        if value == name:
+            return key
+    raise ValueError(f"unknown editing type '{name}'; use an id 0-9 or one of {sorted(EDITING_TYPES.values())}")
+
+
+def run_path(out: Path, method: str, item: BenchItem) -> Path:
+    return out / "runs" / method / item.key
+
+
+def run_item(model, item: BenchItem, method: str, out: Path, base: EditParams) -> Run:
+    """Edit one item with one method unless its run already exists (resume)."""
+    from locatedit.pipeline import locatedit_edit
+
+    path = run_path(out, method, item)
+    if path.exists():
+        try:
+            return Run.load(path)
+        except RunError:
+            raise RunError(f"{path} exists but is not a complete run; delete it to redo that item") from None
+    params = dataclasses.replace(base, **METHODS[method])
+    image = Image.open(item.image_path)
+    gt_mask = item.mask((image.height, image.width))
+    result = locatedit_edit(model, image, item.source_prompt, item.target_prompt, item.blend_words, params)
+    side = result.source_image.size[0]
+    gt_mask = metrics.resize_mask(gt_mask, side) if gt_mask.shape[0] != side else gt_mask
+    target = Image.open(item.target_image_path).convert("RGB") if item.target_image_path else None
+    extra = {"bench": {"key": item.key, "method": method, "editing_type_id": item.editing_type_id}}
+    return save_run(result, path.parent, run_id=path.name, extra=extra, gt_mask=gt_mask, gt_target=target)
+
+
+def score(run: Run) -> dict:
+    row = {"key": run.meta["bench"]["key"], "method": run.meta["bench"]["method"],
+           "editing_type_id": run.meta["bench"]["editing_type_id"], "seconds": run.meta["timings"]["total"]}
+    row |= {k: v for k, v in metrics.run_metrics(run).items() if not isinstance(v, str)}
+    row |= {f"fail_{k}": v for k, v in failures.signatures(run).items()}
+    return row
+
+
+def run_benchmark(model, data: str | Path, out: str | Path, methods: list[str], limit: int | None = None,
+                  types: list[str] | None = None, base: EditParams | None = None,
+                  progress: Callable[[int, int, float], None] | None = None, shard: tuple[int, int] = (0, 1)) -> list[Path]:
+    """Edit this shard's share of the items with every method; returns the run paths it owns."""
+    out = Path(out)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+    items = select(load_mapping(data), types, limit)
+    index, count = shard
+    jobs = [(item, method) for item in items for method in methods][index::count]
+    paths, start = [], time.perf_counter()
+    for k, (item, method) in enumerate(jobs):
+        paths.append(run_item(model, item, method, out, base or EditParams()).path)
+        if progress:
+            progress(k + 1, len(jobs), time.perf_counter() - start)
+    return paths
+
+
+def collect(out: str | Path) -> pd.DataFrame:
+    """Score every complete run under ``<out>/runs`` (all shards) into one table and write it."""
+    out = Path(out)
+    rows = []
+    for path in sorted((out / "runs").glob("*/*")):
+        try:
+            rows.append(score(Run.load(path)))
+        except RunError:
+            continue
+    table = pd.DataFrame(rows)
+    if table.empty:
+        raise RunError(f"no complete runs under {out}/runs; run the benchmark first")
+    table.to_csv(out / "results.csv", index=False)
+    with sqlite3.connect(out / "results.sqlite") as db:
+        table.to_sql("results", db, if_exists="replace", index=False)
+    (out / "summary.md").write_text(summary_markdown(table))
+    return table
+
+
+def summary_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean over images per method, NaN skipped, in the paper's scale factors."""
+    columns = [c for c in SCALES if c in table]
+    summary = table.groupby("method")[columns + ["seconds"]].mean()
+    for column in columns:
+        summary[column] = summary[column] * SCALES[column]
+    summary["items"] = table.groupby("method").size()
+    fails = [c for c in table if c.startswith("fail_") and table[c].dtype == bool]
+    for column in fails:
+        summary[column] = table.groupby("method")[column].mean()
+    return summary.reset_index()
+
+
+def summary_markdown(table: pd.DataFrame) -> str:
+    s = summary_table(table)
+    names = {"bg_psnr": "PSNR ↑", "bg_mse": "MSE ×10⁴ ↓", "bg_ssim": "SSIM ×10² ↑", "mask_iou_gt": "mask IoU (GT) ↑",
+             "target_psnr": "PSNR vs GT target ↑", "bg_psnr_true": "true bg PSNR ↑", "seconds": "s / item"}
+    cols = [c for c in s.columns if c != "method"]
+    head = "| method | " + " | ".join(names.get(c, c) for c in cols) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 1)]
+    for _, row in s.iterrows():
+        values = [f"{row[c]:.3f}" if isinstance(row[c], (float, np.floating)) else str(row[c]) for c in cols]
+        lines.append(f"| {row['method']} | " + " | ".join(values) + " |")
+    note = ("Structure distance, LPIPS and CLIP scores need model weights that are not on this machine; "
+            "see analysis.metrics.model_metrics_status().")
+    return "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def write_config(out: Path, config: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(config, indent=2))
