@@ -119,10 +119,12 @@ class EditResult:
 Progress = Callable[[str, int, int], None]
 
 
-def prepare_image(image: Image.Image | str, size: int) -> tuple[Image.Image, str | None]:
+def prepare_image(image: Image.Image | np.ndarray | str, size: int) -> tuple[Image.Image, str | None]:
     """Centre-crop to a square and resize (the reference's load_512); clear errors for broken or huge files.
 
     Returns the image and a note when it had to be cropped (the caller reports it)."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
     if not isinstance(image, Image.Image):
         try:
             image = Image.open(image)
@@ -193,7 +195,7 @@ def _upsample_nearest(m: torch.Tensor, size: int) -> torch.Tensor:
 @torch.no_grad()
 def locatedit_edit(
     model: LoadedModel,
-    image: Image.Image | str,
+    image: Image.Image | np.ndarray | str,
     source_prompt: str,
     target_prompt: str,
     blend_words: tuple[str, str] | str | None,

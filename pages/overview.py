@@ -2,7 +2,8 @@
 import numpy as np
 import streamlit as st
 
-from analysis.figures import heatmap_figure, image_figure
+from analysis.figures import heatmap_figure, image_figure, overlay, upscale
+from dashboard.state import pick_run
 from locatedit.graph import DEFAULT_SOLVER, LAM, SOLVERS, binary_mask, refine
 from locatedit.synthetic import casa_case
 
@@ -13,12 +14,31 @@ st.markdown(
     "**m\\* = (Λ + λL)⁻¹ Λ m0**, where **L** is the Laplacian of (S + Sᵀ)/2 and **Λ** = diag(σ(α(m0 − c))²) says how "
     "much each patch trusts its own attention. This lab shows why an edit stays put or leaks."
 )
-st.info(
-    "Coming next: running edits on the embedded ShapeWorld model or SD 1.5, per-step attention, the CASA graph and "
-    "its neighbours, the Laplacian spectrum, τ sensitivity, solver comparisons, ablations, benchmarks and triage."
-)
 
-st.subheader("One CASA refinement, live")
+st.subheader("A ready-made edit, page by page")
+run = pick_run()
+if run is not None:
+    cols = st.columns(4)
+    source = np.asarray(run.image("source"))
+    for col, name in zip(cols[:3], ("source", "reconstruction", "edited")):
+        col.image(upscale(np.asarray(run.image(name))), caption=name, width="stretch")
+    if run.meta["blend_words"]:
+        cols[3].image(upscale(overlay(source, run.arrays["mask"][-1, 1].astype(float))), caption="mask",
+                      width="stretch")
+    st.markdown(f"**{run.meta['source_prompt']}** → **{run.meta['target_prompt']}**, blend words "
+                f"{run.meta['blend_words']}. Follow it through the lab:")
+    for page, text in (
+        ("pages/attention.py", "where the blend word looks at each step (m0), and what the graph makes of it (m*)"),
+        ("pages/graph.py", "click a patch: are its strongest neighbours the same object, or just nearby?"),
+        ("pages/spectrum.py", "the Laplacian's own cuts: does the Fiedler vector outline the object?"),
+        ("pages/refinement.py", "move λ, α, c and the threshold and watch the mask and its spill change"),
+        ("pages/tau.py", "how much of the CLIP text offset the edit needs"),
+        ("pages/solvers.py", "the closed form against iterative solvers on this run's systems"),
+        ("pages/compare.py", "this run against another: where do the masks disagree?"),
+    ):
+        st.page_link(page, label=text, query_params={"run": st.query_params.get("run", run.id)})
+
+st.subheader("One CASA refinement, live (synthetic attention)")
 st.caption(
     "A ShapeWorld scene with *synthetic* attention (patch colours + position through a softmax, so S is "
     "row-stochastic and block-structured) and an m0 with spill blobs. Move λ to see the graph pull the spill back."
