@@ -1,6 +1,9 @@
 """LOCATEdit Lab: the dashboard's entry point (navigation only; pages live in pages/)."""
 import streamlit as st
 
+from dashboard.state import use_navigation
+
+use_navigation()
 st.set_page_config(page_title="LOCATEdit Lab", page_icon=":material/biotech:", layout="wide")
 
 PAGES = {

@@ -89,6 +89,16 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return m[np.ix_(idx, idx)]
 
 
+def region_colour(image, region: np.ndarray) -> str:
+    """ShapeWorld: the palette colour nearest to the median colour of a region (robust to pattern tones)."""
+    from locatedit.shapeworld.world import COLOURS
+
+    pixels = np.asarray(image, dtype=np.float64)[np.asarray(region, bool)]
+    median = np.median(pixels, axis=0) * (255.0 if pixels.max() <= 1.0 else 1.0)
+    names = list(COLOURS)
+    return names[int(((np.array(list(COLOURS.values())) - median) ** 2).sum(1).argmin())]
+
+
 def model_metrics_status() -> dict[str, str]:
     """Why each model-based PIE-Bench metric is not computed on this machine."""
     return {
@@ -120,6 +130,7 @@ def run_metrics(run) -> dict[str, float | str]:
         out["target_ssim"] = ssim(target, edited)
         if gt is not None:
             inside = gt
+            out["region_colour_match"] = float(region_colour(edited, gt) == region_colour(target, gt))
             out["target_psnr_in_mask"] = float(10 * np.log10(1.0 / max(1e-12, np.mean(
                 (_float(target) - _float(edited))[inside] ** 2))))
             out["bg_psnr_true"] = true_background_psnr(source, edited, gt, dilate=2)

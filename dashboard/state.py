@@ -100,3 +100,18 @@ def model_or_error(name: str):
     except ModelNotAvailableError as err:
         st.error(str(err))
         return None, None
+
+
+def use_navigation() -> None:
+    """Leave Streamlit's legacy multipage mode if it is on, then rerun through ``st.navigation``.
+
+    A folder named ``pages/`` beside the entry point makes a fresh Streamlit server start in its legacy mode, in which
+    it runs a page file directly (no sections, no titles, no URL paths of ours) until some session calls
+    ``st.navigation``. Every page and the entry point call this first, so the first visit, whatever its URL, switches
+    the server to the navigation app once (Streamlit 1.67's ``PagesManager`` flag) and reruns.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()

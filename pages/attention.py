@@ -4,8 +4,9 @@ import pandas as pd
 import streamlit as st
 
 from analysis.figures import heatmap_figure, image_figure, lines_figure, overlay, upscale
-from dashboard.state import intro, pick_run
+from dashboard.state import intro, pick_run, use_navigation
 
+use_navigation()
 st.header("Attention")
 intro("Cross-attention says where each prompt token looks. LOCATEdit reads the **blend word**'s maps at the coarse "
       "level (the mask resolution) as **m0**, then refines them over the self-attention graph **S** into **m\\***. "

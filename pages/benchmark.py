@@ -7,9 +7,10 @@ import streamlit as st
 
 from analysis.bench import summary_table
 from analysis.figures import upscale
-from dashboard.state import add_roots, intro, load
+from dashboard.state import add_roots, intro, load, use_navigation
 from locatedit.loading import REPO_ROOT
 
+use_navigation()
 st.header("Benchmark & triage")
 intro("A benchmark folder from `python -m locatedit bench` holds one run per item and method and a results table. "
       "Sort by any metric, filter by **failure signature** (over-smoothing, background drift, structure loss), and "

@@ -5,8 +5,9 @@ import streamlit as st
 
 from analysis.figures import image_figure, overlay, upscale
 from analysis.metrics import run_metrics
-from dashboard.state import intro, pick_run
+from dashboard.state import intro, pick_run, use_navigation
 
+use_navigation()
 st.header("Compare")
 intro("Two runs of the same image (different settings or methods) side by side: where do their masks disagree, "
       "and what did that cost in the background? Red: only run A's mask; blue: only run B's.")

@@ -8,10 +8,11 @@ from PIL import Image
 
 from analysis.figures import heatmap_figure, lines_figure, overlay, upscale
 from dashboard import jobs
-from dashboard.state import intro, library, load, model_or_error, pick_run, save_root
+from dashboard.state import intro, library, load, model_or_error, pick_run, save_root, use_navigation
 from locatedit.pipeline import EditParams
 from locatedit.shapeworld.world import EDIT_TYPES, sample_edit
 
+use_navigation()
 st.header("Edit")
 intro("Run an edit and keep it as a **run**: source image, source and target prompts, and the **blend words** whose "
       "cross-attention **m0** becomes the mask. The run records every step, so the other pages can look inside it "
@@ -62,6 +63,8 @@ with st.form("edit_form"):
         columns = st.columns(3)
         for k, f in enumerate(dataclasses.fields(EditParams)):
             default = getattr(EditParams(), f.name)
+            if f.name == "store_self_attention":
+                default = "per_step"  # exact re-solves on the refinement page; ~10 MB per ShapeWorld run
             col = columns[k % 3]
             if isinstance(default, bool):
                 values[f.name] = col.checkbox(f.name, default, key=f"p_{f.name}")

@@ -4,8 +4,9 @@ import streamlit as st
 
 from analysis.figures import patch_picker_figure, upscale
 from analysis.graph_checks import graphml_bytes, patch_neighbours, semantic_vs_spatial
-from dashboard.state import intro, pick_run
+from dashboard.state import intro, pick_run, use_navigation
 
+use_navigation()
 st.header("CASA graph")
 intro("Each patch is a node; the edge weights are the symmetrised self-attention **S_sym = (S + Sᵀ)/2** averaged over "
       "the graph-resolution layers and the solve steps. **Click a patch** to draw its top-k neighbours (bigger = "

@@ -3,10 +3,11 @@ import numpy as np
 import streamlit as st
 
 from analysis.figures import heatmap_figure, image_figure, overlay, upscale
-from dashboard.state import pick_run
+from dashboard.state import pick_run, use_navigation
 from locatedit.graph import DEFAULT_SOLVER, LAM, SOLVERS, binary_mask, refine
 from locatedit.synthetic import casa_case
 
+use_navigation()
 st.title("LOCATEdit Lab")
 st.markdown(
     "LOCATEdit edits an image from a source and a target prompt and keeps the edit where it belongs with a mask: "

@@ -4,9 +4,10 @@ import streamlit as st
 
 from analysis.ablation import resolve, spill, iou
 from analysis.figures import heatmap_figure, image_figure, overlay, upscale
-from dashboard.state import intro, pick_run
+from dashboard.state import intro, pick_run, use_navigation
 from locatedit import graph
 
+use_navigation()
 st.header("Mask refinement")
 intro("The mask is **m\\* = (Λ + λL)⁻¹ Λ m0**, solved at every step and summed. **λ** weighs the graph against "
       "the attention; **Λ = diag(σ(α(m0 − c))²)** says how much a patch trusts its own attention (**α** the slope, "

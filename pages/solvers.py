@@ -3,8 +3,9 @@ import streamlit as st
 
 from analysis.figures import lines_figure
 from analysis.solvers import EXACT_PROBLEM_SOLVERS, OTHER_OBJECTIVES, compare_solvers, convergence, summarize
-from dashboard.state import intro, pick_run
+from dashboard.state import intro, pick_run, use_navigation
 
+use_navigation()
 st.header("Solvers")
 intro("Every solve step of the run is re-solved by every solver through one signature. The reference factorises "
       "(LU); the system is small and well conditioned, so Jacobi-preconditioned CG reaches the same mask in a "

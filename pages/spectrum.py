@@ -6,8 +6,9 @@ import streamlit as st
 
 from analysis.figures import heatmap_figure, image_figure, overlay, upscale
 from analysis.spectrum import best_segment_iou, fiedler_split, laplacian_spectrum, spectral_clusters
-from dashboard.state import intro, pick_run
+from dashboard.state import intro, pick_run, use_navigation
 
+use_navigation()
 st.header("Spectrum")
 intro("The Laplacian **L = D − S_sym** has one zero eigenvalue per connected part of the graph; the next small "
       "ones describe the cheapest cuts. The **Fiedler vector** (second eigenvector) is the graph's best two-way "

@@ -4,8 +4,9 @@ import streamlit as st
 
 from analysis.figures import lines_figure, upscale
 from analysis.tau import DEFAULT_KEEPS, edit_at, tau_sweep
-from dashboard.state import intro, model_or_error, pick_run
+from dashboard.state import intro, model_or_error, pick_run, use_navigation
 
+use_navigation()
 st.header("τ sensitivity")
 intro("The target branch is guided by an image embedding shifted by the CLIP text offset **t̃_target − t̃_source**; "
       "**τ** keeps only that share of the offset's largest coordinates (the reference keeps 91.09 %). The sweep "
