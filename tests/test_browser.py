@@ -60,7 +60,7 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser_page(server):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
@@ -77,11 +77,14 @@ def settle(page, timeout=120_000):
     time.sleep(0.5)
 
 
-def test_edit_click_a_patch_and_screenshot_every_page(server, page):
+def test_edit_click_a_patch_and_screenshot_every_page(server, browser_page):
+    page = browser_page
     page.goto(f"{server}/edit")
     settle(page)
     page.get_by_role("button", name="Run the edit").click()
-    page.get_by_text("Saved run").wait_for(timeout=180_000)
+    saved, error = page.get_by_text("Saved run"), page.locator("[data-testid='stAlertContentError']")
+    saved.or_(error).first.wait_for(timeout=180_000)
+    assert error.count() == 0, error.first.inner_text()
     settle(page)
     page.screenshot(path=str(ARTIFACTS / "edit.png"), full_page=True)
     run_id = page.evaluate("() => new URLSearchParams(window.location.search).get('run')")
