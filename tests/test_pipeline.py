@@ -235,3 +235,10 @@ def test_sd_ladder_records_the_five_layers_at_each_resolution(sd_ladder, image):
     unrefined = locatedit_edit(sd_ladder, image, SRC, TGT, ("circle", "square"), EditParams(steps=8, seed=5, lam=0.0))
     solved = np.flatnonzero(~np.isnan(unrefined.arrays["m_star"][:, 0, 0]))
     assert np.allclose(unrefined.arrays["m_star"][solved], unrefined.arrays["m0"][solved], atol=1e-5)
+
+
+def test_image_preprocessing_matches_how_the_clip_was_trained(tiny):
+    """The saved processor must give pixels / 127.5 - 1 at 64 px, the CLIP's training input (not OpenAI's)."""
+    img = np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    pixels = tiny.pipe.feature_extractor(images=img, return_tensors="pt").pixel_values[0]
+    assert torch.allclose(pixels, torch.from_numpy(img).permute(2, 0, 1).float() / 127.5 - 1, atol=1e-5)

@@ -402,9 +402,16 @@ def export(cfg: TrainConfig, vae, scaling_factor: float, text_encoder, unet, cli
 
     from .world import VOCABULARY
 
+    from transformers import CLIPImageProcessor
+
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     vae.register_to_config(scaling_factor=scaling_factor)
+    # The image processor the CLIP was trained with (pixels / 127.5 - 1 at full size), saved with the pipeline so
+    # load_ip_adapter keeps it instead of creating one with OpenAI CLIP's normalisation and a 224 px crop.
+    size = cfg.sizes.image_size
+    processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                   image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     pipe = StableDiffusionPipeline(
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
@@ -412,7 +419,7 @@ def export(cfg: TrainConfig, vae, scaling_factor: float, text_encoder, unet, cli
         unet=make_unet(cfg.sizes).eval(),
         scheduler=make_scheduler(),
         safety_checker=None,
-        feature_extractor=None,
+        feature_extractor=processor,
         image_encoder=None,
         requires_safety_checker=False,
     )
