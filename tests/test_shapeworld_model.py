@@ -1,0 +1,91 @@
+"""The trained embedded model: loads offline by name, generates, its attention finds objects, and LOCATEdit edits
+with it stay where the ground truth says they should (issue 4's end-to-end checks, on a few fixed seeds)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.metrics import mask_iou, region_colour, resize_mask, true_background_psnr
+from locatedit.attention import CROSS, layer_resolutions
+from locatedit.loading import SHAPEWORLD_DIR, load_model
+from locatedit.pipeline import EditParams, locatedit_edit
+from locatedit.shapeworld.world import render, sample_edit, sample_scene
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("shapeworld", device="cpu")
+
+
+def test_loads_offline_by_name_within_the_size_budget(model):
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    assert model.spec.graph_resolution == 16 and model.spec.mask_resolution == 8
+    total = sum(f.stat().st_size for f in SHAPEWORLD_DIR.rglob("*") if f.is_file())
+    assert total <= 50 * 2**20
+    assert not list(SHAPEWORLD_DIR.rglob("*.bin")) and not list(SHAPEWORLD_DIR.rglob("*.pt"))  # safetensors only
+
+
+def test_generate_command_writes_image_and_attention_maps(tmp_path):
+    out = tmp_path / "img.png"
+    cmd = [sys.executable, "-m", "locatedit", "generate", "--prompt", "a red circle on a blue background",
+           "--seed", "1", "--steps", "20", "--out", str(out), "--attention"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    maps = np.load(tmp_path / "img_attention.npz")
+    assert list(maps["tokens"]) == "a red circle on a blue background".split()
+    assert maps["res8"].shape == (7, 8, 8) and maps["res16"].shape == (7, 16, 16)
+
+
+class Catcher:
+    def __init__(self, resolutions):
+        self.resolutions, self.maps = resolutions, []
+
+    def wants(self, layer, kind, query_len):
+        return kind == CROSS and self.resolutions[layer] == 8
+
+    def __call__(self, layer, kind, probs):
+        self.maps.append(probs.mean(1))
+        return probs
+
+
+@torch.no_grad()
+def test_object_word_attention_finds_the_object(model):
+    """Real scenes noised to t = 500: the shape word's 8x8 cross-attention, thresholded like the blend mask."""
+    pipe = model.pipe
+    rng = np.random.default_rng(77)
+    scenes = [sample_scene(rng, n_objects=1) for _ in range(16)]
+    images = np.stack([render(s)[0] for s in scenes])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    latents = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
+    t = torch.full((16,), 500)
+    noisy = pipe.scheduler.add_noise(latents, torch.randn(latents.shape, generator=torch.Generator().manual_seed(0)), t)
+    ids = pipe.tokenizer([s.caption for s in scenes], padding="max_length", return_tensors="pt").input_ids
+    catcher = Catcher(layer_resolutions(pipe.unet))
+    pipe.unet(noisy, t, pipe.text_encoder(ids)[0], added_cond_kwargs={"image_embeds": [torch.zeros(16, 1, 64)]},
+              cross_attention_kwargs={"controller": catcher})
+    cross = torch.stack(catcher.maps).mean(0).numpy()
+    ious = []
+    for b, scene in enumerate(scenes):
+        m = cross[b, :, 1 + scene.caption.split().index(scene.objects[0].shape)].reshape(8, 8)
+        pred = resize_mask((m - m.min()) / (np.ptp(m) + 1e-8) > 0.2204, 64)
+        ious.append(mask_iou(pred, render(scene)[1][0]))
+    assert np.mean(ious) >= 0.35, ious
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_colour_edit_lands_inside_the_truth_and_keeps_the_background(model, seed):
+    edit = sample_edit(np.random.default_rng(seed), "change_colour")
+    source, target, truth = edit.render()
+    result = locatedit_edit(model, source, edit.source_prompt, edit.target_prompt, edit.blend_words, EditParams())
+    edited = np.asarray(result.edited)
+    mask = resize_mask(result.arrays["mask"][-1, 1], 64)
+    assert region_colour(edited, truth) == region_colour(target, truth), "the object did not take the target colour"
+    assert true_background_psnr(source, edited, truth, dilate=2) >= 30.0
+    assert mask_iou(mask, truth) >= 0.5
