@@ -42,10 +42,11 @@ import tracemalloc  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.linalg  # noqa: E402
 import torch  # noqa: E402
-from scipy.ndimage import gaussian_filter  # noqa: E402
+
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from locatedit import graph as g  # noqa: E402
+from locatedit.synthetic import voronoi_attention  # noqa: E402
 
 SOLVER_ORDER = ["cg", "cholesky", "dense", "jacobi", "gauss-seidel", "amg", "irls", "vimaedit"]
 GROWTH = {"cholesky": 3, "dense": 3, "reference": 3, "amg": 3}  # time ~ N^p when extrapolating; others 2
@@ -54,38 +55,8 @@ GROWTH = {"cholesky": 3, "dense": 3, "reference": 3, "amg": 3}  # time ~ N^p whe
 # ----------------------------------------------------------------------------- inputs
 
 
-def make_case(H: int, seed: int, d: int = 32, heads: int = 2):
-    """Self-attention of an H x H latent (5 regions + object, smooth noise, positions), float32 S.
-
-    Same construction as tests/test_graph.py; the softmax is done in row blocks to bound memory.
-    """
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:H, 0:H] / H
-    seeds = rng.random((5, 2))
-    region = np.argmin((yy[..., None] - seeds[:, 0]) ** 2 + (xx[..., None] - seeds[:, 1]) ** 2, -1)
-    obj = ((xx - 0.55) / 0.22) ** 2 + ((yy - 0.45) / 0.17) ** 2 < 1
-    emb = rng.normal(size=(6, d))
-    X = emb[np.where(obj, 5, region)]
-    X += 1.5 * gaussian_filter(rng.normal(size=(H, H, d)), (H / 16, H / 16, 0)) + 0.3 * rng.normal(size=(H, H, d))
-    f = 2.0 ** np.arange(4) * np.pi
-    X[..., :16] += np.concatenate([np.sin(xx[..., None] * f), np.cos(xx[..., None] * f),
-                                   np.sin(yy[..., None] * f), np.cos(yy[..., None] * f)], -1)
-    X = X.reshape(H * H, d)
-    N = H * H
-    S = np.zeros((N, N), np.float32)
-    for _ in range(heads):
-        Wq, Wk = (np.eye(d) + 0.2 * rng.normal(size=(d, d)) / np.sqrt(d) for _ in range(2))
-        Q, K = X @ Wq, X @ Wk
-        for i in range(0, N, 2048):
-            logits = Q[i:i + 2048] @ K.T / np.sqrt(d)
-            e = np.exp(logits - logits.max(1, keepdims=True))
-            S[i:i + 2048] += (e / e.sum(1, keepdims=True) / heads).astype(np.float32)
-    m0 = gaussian_filter(obj.astype(float), H / 32)
-    for amp in (0.6, 0.45, 0.35):
-        c = rng.random(2)
-        m0 += amp * np.exp(-((yy - c[0]) ** 2 + (xx - c[1]) ** 2) / (2 * 0.06**2))
-    m0 = np.clip(m0 + 0.05 * rng.normal(size=(H, H)), 0, None).ravel()
-    return (m0 / m0.max()).astype(np.float32), S
+def make_case(H: int, seed: int):
+    return voronoi_attention(H, seed)
 
 
 def exact_solution(m0: np.ndarray, S: np.ndarray) -> np.ndarray:

@@ -11,9 +11,10 @@ import pytest
 import scipy.linalg
 import scipy.sparse.csgraph
 import torch
-from scipy.ndimage import gaussian_filter
+
 
 from locatedit import graph as g
+from locatedit.synthetic import voronoi_attention
 
 ITERATIVE = ["cg", "jacobi", "gauss-seidel", "amg"]
 DIRECT = ["dense", "cholesky"]
@@ -23,37 +24,10 @@ LIBS = ["numpy64", "numpy32", "torch32", "torch64"]
 # ----------------------------------------------------------------------------- data
 
 
-def make_case(H: int, seed: int = 0, d: int = 32, heads: int = 2, temp: float = 1.0):
-    """Self-attention of an H x H latent with 5 Voronoi regions + an elliptic object.
-
-    Features = region/object embedding + smooth noise + white noise + sinusoidal positions;
-    S = mean over heads of softmax(X Wq (X Wk)ᵀ / (√d T)), row-stochastic and not symmetric.
-    m0 = blurred object indicator + 3 spill blobs + noise, normalised to max 1.
-    """
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:H, 0:H] / H
-    seeds = rng.random((5, 2))
-    region = np.argmin((yy[..., None] - seeds[:, 0]) ** 2 + (xx[..., None] - seeds[:, 1]) ** 2, -1)
-    obj = ((xx - 0.55) / 0.22) ** 2 + ((yy - 0.45) / 0.17) ** 2 < 1
-    emb = rng.normal(size=(6, d))
-    X = emb[np.where(obj, 5, region)]
-    X += 1.5 * gaussian_filter(rng.normal(size=(H, H, d)), (H / 16, H / 16, 0)) + 0.3 * rng.normal(size=(H, H, d))
-    f = 2.0 ** np.arange(4) * np.pi
-    X[..., :16] += np.concatenate([np.sin(xx[..., None] * f), np.cos(xx[..., None] * f),
-                                   np.sin(yy[..., None] * f), np.cos(yy[..., None] * f)], -1)
-    X = X.reshape(H * H, d)
-    S = 0.0
-    for _ in range(heads):
-        Wq, Wk = (np.eye(d) + 0.2 * rng.normal(size=(d, d)) / np.sqrt(d) for _ in range(2))
-        logits = (X @ Wq) @ (X @ Wk).T / (np.sqrt(d) * temp)
-        e = np.exp(logits - logits.max(1, keepdims=True))
-        S = S + e / e.sum(1, keepdims=True) / heads
-    m0 = gaussian_filter(obj.astype(float), H / 32)
-    for amp in (0.6, 0.45, 0.35):
-        c = rng.random(2)
-        m0 += amp * np.exp(-((yy - c[0]) ** 2 + (xx - c[1]) ** 2) / (2 * 0.06**2))
-    m0 = np.clip(m0 + 0.05 * rng.normal(size=(H, H)), 0, None).ravel()
-    return m0 / m0.max(), S
+def make_case(H: int, seed: int = 0, temp: float = 1.0):
+    """Realistic attention with spill blobs in m0 (see locatedit.synthetic.voronoi_attention), in float64."""
+    m0, S = voronoi_attention(H, seed, temperature=temp)
+    return m0.astype(np.float64), S.astype(np.float64)
 
 
 def exact(m0, S, lam=g.LAM, alpha=2.61, center=0.4858):
