@@ -390,3 +390,34 @@ def locatedit_edit(
         blend_words=blend_words, source_image=source_image, reconstruction=Image.fromarray(decoded[0]),
         edited=Image.fromarray(decoded[1]), arrays=arrays, tokens=tokens, timings=timings, warnings=warnings,
     )
+
+
+class LocatEditPipeline:
+    """The Python entry point: load a model once, then each ``edit`` runs LOCATEdit and returns the saved Run.
+
+        pipe = LocatEditPipeline.from_pretrained("shapeworld")
+        run = pipe.edit("cat.png", "a cat on a sofa", "a dog on a sofa", "cat dog", lam=0.0)
+    """
+
+    def __init__(self, model: LoadedModel):
+        self.model = model
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = "shapeworld", device: str | None = None, dtype=None):
+        from .loading import load_model
+
+        return cls(load_model(name_or_path, device=device, dtype=dtype))
+
+    def edit(self, image, source_prompt: str, target_prompt: str, blend_words, out=None,
+             progress: Progress | None = None, gt_mask=None, gt_target=None, **params):
+        """``params``: any ``EditParams`` field; ``out``: the run directory (default: data/runs/<new id>)."""
+        from pathlib import Path
+
+        from .loading import REPO_ROOT
+        from .run import save_run
+
+        result = locatedit_edit(self.model, image, source_prompt, target_prompt, blend_words, EditParams(**params),
+                                progress)
+        out = Path(out) if out is not None else None
+        root, run_id = (out.parent, out.name) if out is not None else (REPO_ROOT / "data" / "runs", None)
+        return save_run(result, root, run_id=run_id, gt_mask=gt_mask, gt_target=gt_target)

@@ -242,3 +242,10 @@ def test_image_preprocessing_matches_how_the_clip_was_trained(tiny):
     img = np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.uint8)
     pixels = tiny.pipe.feature_extractor(images=img, return_tensors="pt").pixel_values[0]
     assert torch.allclose(pixels, torch.from_numpy(img).permute(2, 0, 1).float() / 127.5 - 1, atol=1e-5)
+
+
+def test_python_entry_point_returns_a_saved_run(tiny, image, tmp_path):
+    from locatedit.pipeline import LocatEditPipeline
+
+    run = LocatEditPipeline(tiny).edit(image, SRC, TGT, "circle square", out=tmp_path / "r", steps=3, lam=0.0)
+    assert run.path == tmp_path / "r" and run.params["lam"] == 0.0 and run.image("edited").size == (64, 64)
