@@ -59,6 +59,18 @@ if truth is not None:
     m[3].metric(f"spill (λ = {lam})", f"{spill(refined.mask.astype(float), truth):.3f}",
                 f"{spill(refined.mask.astype(float), truth) - spill(raw.mask.astype(float), truth):+.3f}",
                 delta_color="inverse")
+    @st.cache_data(show_spinner="Sweeping λ ...")
+    def lam_curve(run_id: str, alpha, center, _run):
+        from analysis.ablation import sweep
+
+        return sweep(_run, lams=(0.0, 0.1, 0.25, 0.5, 0.78, 1.5, 3.0, 6.0, 10.0), alphas=(alpha,)).drop(columns="mask")
+
+    from analysis.figures import lines_figure
+
+    curve = lam_curve(run.id, alpha, center, run)
+    long = curve.melt("lam", ["iou", "spill"], "measure", "value")
+    st.plotly_chart(lines_figure(long, "lam", "value", "measure", f"IoU and spill against λ (α = {alpha})"),
+                    key="ref_curve")
 st.caption(("exact re-solve from per-step S" if refined.exact else
             "approximate: this run stored S as its mean over steps (store_self_attention='per_step' for exact)")
            + f"; {refined.iterations} solver iterations in {1000 * refined.seconds:.1f} ms")
