@@ -94,6 +94,12 @@ def intro(text: str) -> None:
     st.markdown(text)
 
 
+def model_choices() -> list[str]:
+    """The embedded model, SD 1.5, and any model folders listed in ``LOCATEDIT_MODELS`` (``:``-separated)."""
+    extra = [p for p in os.environ.get("LOCATEDIT_MODELS", "").split(":") if p]
+    return ["shapeworld", "sd15", *extra]
+
+
 def model_or_error(name: str):
     try:
         return get_model(name)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from analysis.figures import heatmap_figure, lines_figure, overlay, upscale
 from dashboard import jobs
-from dashboard.state import intro, library, load, model_or_error, pick_run, save_root, use_navigation
+from dashboard.state import intro, library, load, model_choices, model_or_error, pick_run, save_root, use_navigation
 from locatedit.pipeline import EditParams
 from locatedit.shapeworld.world import EDIT_TYPES, sample_edit
 
@@ -56,7 +56,7 @@ with st.form("edit_form"):
     source_prompt = st.text_input("Source prompt", defaults["source"], key=f"sp_{defaults['source']}")
     target_prompt = st.text_input("Target prompt", defaults["target"], key=f"tp_{defaults['target']}")
     blend = st.text_input("Blend words (source word, target word)", defaults["blend"], key=f"bw_{defaults['blend']}")
-    model_name = st.selectbox("Model", ["shapeworld", "sd15"], key="edit_model",
+    model_name = st.selectbox("Model", model_choices(), key="edit_model",
                               help="shapeworld runs on a CPU; sd15 needs SD 1.5 + IP-Adapter weights and a GPU")
     values = {}
     with st.expander("All hyperparameters (reference defaults)"):
@@ -77,9 +77,10 @@ with st.form("edit_form"):
                 values[f.name] = int(text) if text.strip().isdigit() else None
             else:
                 values[f.name] = col.text_input(f.name, default, key=f"p_{f.name}")
-    submitted = st.form_submit_button("Run the edit", type="primary")
+    # A callback flag, not the button's return value: it survives a rerun between the click and the script body.
+    st.form_submit_button("Run the edit", type="primary", on_click=lambda: st.session_state.update(edit_submit=True))
 
-if submitted:
+if st.session_state.pop("edit_submit", False):
     if image is None:
         st.error("Choose a source image first.")
     else:

@@ -123,3 +123,28 @@ def test_a_broken_run_in_the_library_is_skipped(runs, tmp_path):
     (Path(os.environ["LOCATEDIT_RUNS"]) / "broken").mkdir(exist_ok=True)
     at = app("pages/attention.py")
     assert "broken" not in at.selectbox(key="run").options
+
+
+def test_edit_page_runs_an_edit_in_the_background_and_saves_it(runs, tmp_path, monkeypatch):
+    import time
+
+    from dashboard import jobs
+
+    model_dir = Path(runs[0]).parent.parent / "model"
+    monkeypatch.setenv("LOCATEDIT_MODELS", str(model_dir))
+    at = app("pages/edit.py")
+    at.selectbox(key="edit_model").select(str(model_dir))
+    at.number_input(key="p_steps").set_value(4)
+    submit = [b for b in at.button if b.label == "Run the edit"]
+    assert submit, [b.label for b in at.button]
+    submit[0].click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    job = jobs.registry()[at.session_state["edit_job"]]
+    assert job.done.wait(120) and job.error is None, job.error
+    at.run()
+    time.sleep(0.2)
+    assert any("Saved run" in s.value for s in at.success)
+    run_path = Path(job.run_path)
+    assert (run_path / "edited.png").exists() and (run_path / "gt_mask.png").exists()
+    assert at.query_params["run"] == [run_path.name] or at.query_params["run"] == run_path.name
