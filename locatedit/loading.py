@@ -33,6 +33,9 @@ class ModelSpec:
     mask_resolution: int  # cross-attention m0
     how_to_get: str
     vocabulary: tuple[str, ...] | None = None  # a closed vocabulary (ShapeWorld): unknown words are refused
+    # x0-predictions are clamped to [-r, r] (the reference's clip_sample=True with DDIM's range 1 on SD latents). A
+    # model whose scaled latents spread wider gives its own r, or clamping would destroy its reconstructions.
+    latent_clip_range: float = 1.0
 
     def check_prompt(self, prompt: str) -> None:
         """Refuse words outside a closed vocabulary, with the list of known words."""
@@ -61,6 +64,7 @@ def local_spec(path: Path) -> ModelSpec:
         mask_resolution=int(info["mask_resolution"]),
         how_to_get="train it with `python -m locatedit.shapeworld train` (it ships in git at data/models/shapeworld)",
         vocabulary=tuple(info["vocabulary"]) if "vocabulary" in info else None,
+        latent_clip_range=float(info.get("latent_clip_range", 1.0)),
     )
 
 

@@ -62,6 +62,7 @@ class EditParams:
     maps_after_p2p: bool = True
     noise: str = "uniform"  # "uniform" (LOCATEdit: on/off switch) or "masked" (ViMAEdit: sigma * mask)
     eta: float = 1.0
+    clip_sample: bool = True  # clamp x0-predictions to the model's latent range (reference: [-1, 1] for SD 1.5)
     store_self_attention: str = "mean"  # "mean" over solve steps, or "per_step" (exact re-solves later)
 
     def __post_init__(self) -> None:
@@ -154,15 +155,17 @@ def edit_scheduler(pipe) -> DDIMScheduler:
     )
 
 
-def edit_step(scheduler, eps, t, x, x0_true, eta, noise, noise_mask, steps):
-    """One EDDIM step (§A.10): the source's x0-prediction is replaced by the true x_0, the target keeps its offset."""
+def edit_step(scheduler, eps, t, x, x0_true, eta, noise, noise_mask, steps, clip_range: float | None = 1.0):
+    """One EDDIM step (§A.10): the source's x0-prediction is replaced by the true x_0, the target keeps its offset;
+    x0-predictions are clamped to [-clip_range, clip_range] (None: no clamp)."""
     alphas = scheduler.alphas_cumprod.to(x.device, torch.float32)
     prev_t = t - scheduler.config.num_train_timesteps // steps
     a_t = alphas[t]
     a_prev = alphas[prev_t] if prev_t >= 0 else torch.tensor(1.0, device=x.device)
     x0_pred = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
     x0_pred = x0_true + x0_pred - x0_pred[:1]
-    x0_pred = x0_pred.clamp(-1, 1)
+    if clip_range is not None:
+        x0_pred = x0_pred.clamp(-clip_range, clip_range)
     sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
     b = ((1 - a_prev - sigma**2) / (1 - a_t)).sqrt()
     x_prev = (a_prev.sqrt() - a_t.sqrt() * b) * x0_pred + b * x
@@ -351,7 +354,7 @@ def locatedit_edit(
         else:
             gate = None if noise_mask is None else noise_mask.float()
         x = edit_step(scheduler, torch.stack([eps_s, eps_t]), int(t), x.float(), x0.float(), params.eta, noise, gate,
-                      steps)
+                      steps, spec.latent_clip_range if params.clip_sample else None)
         if blend_mask is not None:
             x[1] = x[0] + blend_mask[1].float() * (x[1] - x[0])
         x = x.to(dtype)

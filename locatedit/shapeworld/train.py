@@ -395,7 +395,7 @@ def extract_ip_adapter(unet) -> dict[str, dict]:
 
 
 def export(cfg: TrainConfig, vae, scaling_factor: float, text_encoder, unet, clip, ip_weights, tokenizer,
-           steps: dict | None = None) -> Path:
+           steps: dict | None = None, latent_clip_range: float = 1.0) -> Path:
     """Write the diffusers layout: the SD pipeline folders, plus clip/ and ip_adapter/ beside them."""
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import save_file
@@ -445,6 +445,7 @@ def export(cfg: TrainConfig, vae, scaling_factor: float, text_encoder, unet, cli
         "seed": cfg.seed,
         "steps": steps or {},
         "scaling_factor": scaling_factor,
+        "latent_clip_range": latent_clip_range,
     }
     (out / "locatedit.json").write_text(json.dumps(info, indent=2))
     return out
@@ -461,7 +462,10 @@ def train(cfg: TrainConfig) -> Path:
     unet, text_encoder = train_unet(cfg, data, latents, tokenizer)
     ip_weights = train_ip_adapter(cfg, data, latents, tokenizer, unet, text_encoder, clip)
     steps = {s: Stage(cfg.work, s).info().get("steps") for s in ("vae", "clip", "unet", "ip_adapter")}
-    out = export(cfg, vae, latents["scaling_factor"], text_encoder, unet, clip, ip_weights, tokenizer, steps)
+    # The clamp range of x0-predictions: the largest scaled training latent, so the source branch (whose
+    # x0-prediction is the true x_0) is never clipped. SD 1.5's own range is the reference's 1.
+    clip_range = math.ceil(10 * float(latents["mean"].float().abs().max()) * latents["scaling_factor"]) / 10
+    out = export(cfg, vae, latents["scaling_factor"], text_encoder, unet, clip, ip_weights, tokenizer, steps, clip_range)
     write_curves(cfg.work)
     return out
 
