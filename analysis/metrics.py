@@ -99,6 +99,34 @@ def region_colour(image, region: np.ndarray) -> str:
     return names[int(((np.array(list(COLOURS.values())) - median) ** 2).sum(1).argmin())]
 
 
+def clip_score(clip, processor, tokenizer, image, prompt: str, mask: np.ndarray | None = None) -> float:
+    """PIE-Bench's CLIP score, max(100 cos(image, text), 0), for any CLIP: the whole image, or (CLIP Edited) the
+    image with everything outside the evaluation mask (edit region + border) blacked out."""
+    import torch
+
+    from locatedit.embeddings import image_features, text_features
+
+    pixels = np.asarray(image, dtype=np.uint8)
+    if mask is not None:
+        pixels = (pixels * piebench_mask(mask)[..., None]).astype(np.uint8)
+    values = processor(images=pixels, return_tensors="pt").pixel_values.to(clip.device, torch.float32)
+    img = torch.nn.functional.normalize(image_features(clip, values), dim=-1)
+    txt = torch.nn.functional.normalize(text_features(clip, tokenizer, [prompt]), dim=-1)
+    return float(max(100.0 * float((img * txt).sum()), 0.0))
+
+
+def load_piebench_clip(name: str = "openai/clip-vit-large-patch14"):
+    """The CLIP PIE-Bench scores with, from the local Hugging Face cache only; None when it is not there."""
+    try:
+        from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+        return (CLIPModel.from_pretrained(name, local_files_only=True).eval(),
+                CLIPImageProcessor.from_pretrained(name, local_files_only=True),
+                CLIPTokenizer.from_pretrained(name, local_files_only=True))
+    except (OSError, ValueError):
+        return None
+
+
 def model_metrics_status() -> dict[str, str]:
     """Why each model-based PIE-Bench metric is not computed on this machine."""
     return {
@@ -109,8 +137,9 @@ def model_metrics_status() -> dict[str, str]:
     }
 
 
-def run_metrics(run) -> dict[str, float | str]:
-    """Every metric a saved run supports: PIE-Bench's weight-free ones, and ground-truth scores on ShapeWorld."""
+def run_metrics(run, clip=None) -> dict[str, float | str]:
+    """Every metric a saved run supports: PIE-Bench's weight-free ones, CLIP whole / edited when ``clip`` (model,
+    processor, tokenizer) is given (see ``load_piebench_clip``), and ground-truth scores on ShapeWorld."""
     source, edited = np.asarray(run.image("source")), np.asarray(run.image("edited"))
     size = source.shape[0]
     out: dict[str, float | str] = {}
@@ -121,6 +150,10 @@ def run_metrics(run) -> dict[str, float | str]:
     if eval_mask is not None:
         out |= {f"bg_{k}": v for k, v in background_metrics(source, edited, eval_mask).items()}
     out |= model_metrics_status()
+    if clip is not None:
+        out["clip_whole"] = clip_score(*clip, edited, run.meta["target_prompt"])
+        if eval_mask is not None:
+            out["clip_edited"] = clip_score(*clip, edited, run.meta["target_prompt"], mask=eval_mask)
     if gt is not None and run.has("mask"):
         predicted = resize_mask(np.asarray(run.image("mask")) > 127, size)
         out["mask_iou_gt"] = mask_iou(predicted, gt)

@@ -142,3 +142,19 @@ def test_failure_signatures_flag_background_drift(tmp_path):
     drifted[:, :8] = 255 - drifted[:, :8]  # change a band far from the object
     Image.fromarray(drifted).save(run.path / "edited.png")
     assert failures.signatures(run)["background_drift"]
+
+
+def test_clip_score_prefers_the_right_caption_with_a_trained_clip():
+    """The PIE-Bench CLIP-score formula on the embedded model's CLIP (openai's is not available offline)."""
+    from locatedit.loading import load_model
+    from locatedit.shapeworld.world import render, sample_scene
+
+    model = load_model("shapeworld", device="cpu")
+    rng = np.random.default_rng(5)
+    scenes = [sample_scene(rng, n_objects=1) for _ in range(8)]
+    wins = 0
+    for a, b in zip(scenes, scenes[1:] + scenes[:1]):
+        image = render(a)[0]
+        args = (model.clip, model.pipe.feature_extractor, model.clip_tokenizer, image)
+        wins += metrics.clip_score(*args, a.caption) > metrics.clip_score(*args, b.caption)
+    assert wins >= 7
