@@ -33,7 +33,7 @@ METHODS: dict[str, dict] = {
     "no_pruning": {"keep_percent": 100.0},
 }
 # Paper table columns and their reporting scale (§c).
-SCALES = {"bg_psnr": 1.0, "bg_mse": 1e4, "bg_ssim": 1e2, "mask_iou_gt": 1.0, "target_psnr": 1.0, "bg_psnr_true": 1.0,
+SCALES = {"clip_whole": 1.0, "clip_edited": 1.0, "bg_psnr": 1.0, "bg_mse": 1e4, "bg_ssim": 1e2, "mask_iou_gt": 1.0, "target_psnr": 1.0, "bg_psnr_true": 1.0,
           "region_colour_match": 1.0}
 
 
@@ -76,10 +76,10 @@ def run_item(model, item: BenchItem, method: str, out: Path, base: EditParams) -
     return save_run(result, path.parent, run_id=path.name, extra=extra, gt_mask=gt_mask, gt_target=target)
 
 
-def score(run: Run) -> dict:
+def score(run: Run, clip=None) -> dict:
     row = {"key": run.meta["bench"]["key"], "method": run.meta["bench"]["method"],
            "editing_type_id": run.meta["bench"]["editing_type_id"], "seconds": run.meta["timings"]["total"]}
-    row |= {k: v for k, v in metrics.run_metrics(run).items() if not isinstance(v, str)}
+    row |= {k: v for k, v in metrics.run_metrics(run, clip).items() if not isinstance(v, str)}
     row |= {f"fail_{k}": v for k, v in failures.signatures(run).items()}
     return row
 
@@ -107,9 +107,10 @@ def collect(out: str | Path) -> pd.DataFrame:
     """Score every complete run under ``<out>/runs`` (all shards) into one table and write it."""
     out = Path(out)
     rows = []
+    clip = metrics.load_piebench_clip()  # CLIP whole / edited only where openai's CLIP is in the local cache
     for path in sorted((out / "runs").glob("*/*")):
         try:
-            rows.append(score(Run.load(path)))
+            rows.append(score(Run.load(path), clip))
         except RunError:
             continue
     table = pd.DataFrame(rows)
