@@ -55,7 +55,7 @@ def run_path(out: Path, method: str, item: BenchItem) -> Path:
     return out / "runs" / method / item.key
 
 
-def run_item(model, item: BenchItem, method: str, out: Path, base: EditParams) -> Run:
+def run_item(model, item: BenchItem, method: str, out: Path, base: EditParams, process: int = 0) -> Run:
     """Edit one item with one method unless its run already exists (resume)."""
     from locatedit.pipeline import locatedit_edit
 
@@ -72,7 +72,8 @@ def run_item(model, item: BenchItem, method: str, out: Path, base: EditParams) -
     side = result.source_image.size[0]
     gt_mask = metrics.resize_mask(gt_mask, side) if gt_mask.shape[0] != side else gt_mask
     target = Image.open(item.target_image_path).convert("RGB") if item.target_image_path else None
-    extra = {"bench": {"key": item.key, "method": method, "editing_type_id": item.editing_type_id}}
+    extra = {"bench": {"key": item.key, "method": method, "editing_type_id": item.editing_type_id,
+                       "process": process}}
     return save_run(result, path.parent, run_id=path.name, extra=extra, gt_mask=gt_mask, gt_target=target)
 
 
@@ -86,18 +87,24 @@ def score(run: Run, clip=None) -> dict:
 
 def run_benchmark(model, data: str | Path, out: str | Path, methods: list[str], limit: int | None = None,
                   types: list[str] | None = None, base: EditParams | None = None,
-                  progress: Callable[[int, int, float], None] | None = None, shard: tuple[int, int] = (0, 1)) -> list[Path]:
-    """Edit this shard's share of the items with every method; returns the run paths it owns."""
+                  progress: Callable[[int, int, float], None] | None = None, state=None) -> list[Path]:
+    """Edit this process's share of the (item, method) jobs; returns the run paths it owns.
+
+    ``state``: an ``accelerate.PartialState``; its ``split_between_processes`` gives each process a contiguous
+    slice of the jobs (None: one process does everything)."""
     out = Path(out)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
     items = select(load_mapping(data), types, limit)
-    index, count = shard
-    jobs = [(item, method) for item in items for method in methods][index::count]
+    jobs = [(item, method) for item in items for method in methods]
+    if state is not None and state.num_processes > 1:
+        with state.split_between_processes(jobs) as mine:
+            jobs = list(mine)
+    process = state.process_index if state is not None else 0
     paths, start = [], time.perf_counter()
     for k, (item, method) in enumerate(jobs):
-        paths.append(run_item(model, item, method, out, base or EditParams()).path)
+        paths.append(run_item(model, item, method, out, base or EditParams(), process).path)
         if progress:
             progress(k + 1, len(jobs), time.perf_counter() - start)
     return paths

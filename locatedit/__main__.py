@@ -80,14 +80,12 @@ def _bench(args: argparse.Namespace) -> int:
 
     from .loading import load_model
 
-    try:
-        from accelerate import PartialState
+    from accelerate import PartialState
 
-        state = PartialState(cpu=not _cuda())
-        shard = (state.process_index, state.num_processes)
-        device = str(state.device)
-    except ImportError:
-        state, shard, device = None, (0, 1), None
+    # Under `accelerate launch --multi_gpu` (or torchrun on CPU) every process gets its slice of the items.
+    state = PartialState(cpu=not _cuda())
+    shard = (state.process_index, state.num_processes)
+    device = str(state.device)
     if shard[0] == 0:
         write_config(args.out, {"data": str(args.data), "methods": args.methods, "limit": args.limit,
                                 "types": args.types, "model": args.model, "processes": shard[1]})
@@ -99,10 +97,9 @@ def _bench(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     run_benchmark(model, args.data, args.out, args.methods, args.limit, args.types, base=_params(args),
-                  progress=progress, shard=shard)
+                  progress=progress, state=state)
     bar.close()
-    if state is not None:
-        state.wait_for_everyone()
+    state.wait_for_everyone()
     if shard[0] == 0:
         table = collect(args.out)
         print((args.out / "summary.md").read_text())
@@ -177,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_param_flags(ed)
     ed.set_defaults(run=_edit)
     bench = sub.add_parser("bench", help="edit a PIE-Bench-format folder with several methods, resumable; "
-                           "shards across GPUs under `accelerate launch -m locatedit bench ...`")
+                           "shards across GPUs under `accelerate launch --multi_gpu -m locatedit bench ...`")
     bench.add_argument("--data", type=Path, required=True, help="folder holding mapping_file.json")
     bench.add_argument("--out", type=Path, required=True, help="results folder (runs, results.csv, summary.md)")
     bench.add_argument("--methods", nargs="+", default=["locatedit"],

@@ -1,4 +1,5 @@
 """Benchmark runs: resumable, filtered by type, scored into one table, sharded across 2 CPU processes."""
+import json
 import os
 import subprocess
 import sys
@@ -50,10 +51,13 @@ def test_type_filter_and_unknown_method(setup, tmp_path):
 def test_two_cpu_processes_split_the_items_and_merge(setup, tmp_path):
     root, model_path, data = setup
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LOCATEDIT_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "-m", "locatedit",
-           "bench", "--data", str(data), "--out", str(tmp_path), "--model", str(model_path), "--limit", "4",
-           "--steps", "3"]
+    # torchrun is what `accelerate launch --multi_gpu` runs underneath; on CPU it gives two gloo processes.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "locatedit", "bench", "--data", str(data), "--out", str(tmp_path), "--model", str(model_path),
+           "--limit", "4", "--steps", "3"]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     table = pd.read_csv(tmp_path / "results.csv", dtype={"key": str})
-    assert sorted(table.key) == [f"{i:012d}" for i in range(4)]  # every item once, from two shards
+    assert sorted(table.key) == [f"{i:012d}" for i in range(4)]  # every item once ...
+    processes = {json.loads(p.read_text())["bench"]["process"] for p in tmp_path.glob("runs/*/*/run.json")}
+    assert processes == {0, 1}  # ... split between the two processes
