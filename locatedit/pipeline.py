@@ -115,6 +115,7 @@ class EditResult:
     tokens: dict[str, list[str]]
     timings: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+    layers: dict[str, list[str]] = field(default_factory=dict)  # names of the recorded layers, in array order
 
 
 Progress = Callable[[str, int, int], None]
@@ -388,10 +389,15 @@ def locatedit_edit(
     convert = tokenizer.convert_ids_to_tokens
     tokens = {name: [tok.removesuffix("</w>") for tok in convert(tokenizer.encode(p))[:n_tokens]]
               for name, p in (("source", source_prompt), ("target", target_prompt))}
+    layers = {
+        "cross": [n for n, r in resolutions.items() if r == spec.mask_resolution and n.endswith("attn2")],
+        "self": [n for n, r in resolutions.items() if r == spec.graph_resolution and n.endswith("attn1")],
+    }
     return EditResult(
         params=params, model=spec.name, source_prompt=source_prompt, target_prompt=target_prompt,
         blend_words=blend_words, source_image=source_image, reconstruction=Image.fromarray(decoded[0]),
         edited=Image.fromarray(decoded[1]), arrays=arrays, tokens=tokens, timings=timings, warnings=warnings,
+        layers=layers,
     )
 
 

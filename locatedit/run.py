@@ -104,6 +104,7 @@ def save_run(
             "blend_words": list(result.blend_words) if result.blend_words else None,
             "params": result.params.to_dict(),
             "tokens": result.tokens,
+            "layers": result.layers,
             "timings": result.timings,
             "warnings": result.warnings,
             "ground_truth": [n for n, v in (("mask", gt_mask), ("target", gt_target)) if v is not None],

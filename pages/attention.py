@@ -26,7 +26,9 @@ row = 0 if branch == "source" else 1
 tokens = run.meta["tokens"][branch]
 token = cols[1].selectbox("Token", list(range(1, len(tokens))), format_func=lambda i: f"{i}: {tokens[i]}",
                           key="att_token")
-layer = cols[2].selectbox("Layer", ["mean"] + list(range(layers)), key="att_layer")
+names = run.meta.get("layers", {}).get("cross", [])
+layer = cols[2].selectbox("Layer", ["mean"] + list(range(layers)), key="att_layer",
+                          format_func=lambda i: i if i == "mean" or i >= len(names) else names[i].split(".attn2")[0])
 step = cols[3].slider("Step", 0, steps - 1, steps - 1, key="att_step")
 
 maps = cross[step, :, row, token].astype(np.float32)

@@ -225,6 +225,8 @@ def test_sd_ladder_records_the_five_layers_at_each_resolution(sd_ladder, image):
     a = res.arrays
     assert sd_ladder.spec.graph_resolution == 8 and sd_ladder.spec.mask_resolution == 4
     assert a["cross_maps"].shape[:3] == (8, 5, 2) and a["cross_maps"].shape[-2:] == (4, 4)
+    assert [n.split(".")[0] for n in res.layers["cross"]] == ["down_blocks"] * 2 + ["up_blocks"] * 3
+    assert len(res.layers["self"]) == 5
     assert a["m0"].shape == (8, 2, 64) and a["self_attention_mean"].shape == (2, 64, 64)
     assert a["mask"].shape == (8, 2, 16, 16) and res.edited.size == (128, 128)
     again = locatedit_edit(sd_ladder, image, SRC, TGT, ("circle", "square"), params)
