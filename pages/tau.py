@@ -20,7 +20,9 @@ if run.meta["model"] not in ("shapeworld", "sd15"):
     st.stop()
 keeps = st.multiselect("τ values (% kept)", [0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 91.0935948657488, 100.0],
                        list(DEFAULT_KEEPS), key="tau_keeps")
-if st.button("Run / load the sweep", key="tau_run", type="primary"):
+# A callback flag, not the button's return value: it survives a rerun between the click and the script body.
+st.button("Run / load the sweep", key="tau_run", type="primary", on_click=lambda: st.session_state.update(tau_go=True))
+if st.session_state.pop("tau_go", False):
     model, lock = model_or_error(run.meta["model"])
     if model is not None:
         bar = st.progress(0.0, text="sweeping τ")
