@@ -114,9 +114,12 @@ def test_compare_page_shows_metric_deltas(runs):
     assert "mask_iou_gt" in set(metrics.metric)
 
 
-def test_benchmark_page_without_results_explains(runs):
+def test_benchmark_page_reads_the_committed_results(runs):
     at = app("pages/benchmark.py")
-    assert at.info or at.selectbox
+    summary = at.dataframe[0].value
+    assert {"locatedit", "no_laplacian", "p2p_localblend"} <= set(summary.method)
+    at.selectbox(key="bench_sig").select("fail_background_drift").run()
+    assert not at.exception and at.dataframe[1].value.fail_background_drift.all()
 
 
 def test_a_broken_run_in_the_library_is_skipped(runs, tmp_path):
