@@ -14,6 +14,8 @@ from scipy import ndimage
 
 from locatedit import graph
 
+from .metrics import downsample_mask
+
 
 @dataclass
 class Resolve:
@@ -61,11 +63,6 @@ def resolve(run, lam: float | None = None, alpha: float | None = None, center: f
     return Resolve(total, union_mask(total, threshold), per_step is not None, seconds, iterations)
 
 
-def upsample_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    f = size // mask.shape[0]
-    return np.kron(mask.astype(np.uint8), np.ones((f, f), np.uint8)).astype(bool)
-
-
 def spill(map_or_mask: np.ndarray, truth: np.ndarray, dilation: int = 2) -> float:
     """Share of the mask's (or a normalised map's) mass outside the dilated ground-truth region (0 = no spill)."""
     m = np.asarray(map_or_mask, dtype=np.float64)
@@ -97,7 +94,7 @@ def sweep(run, lams=(0.0, 0.25, 0.78, 2.0, 5.0), alphas=(2.61,), truth: np.ndarr
                    "seconds": r.seconds, "mask": r.mask}
             if truth is not None:
                 gt = np.asarray(truth, bool)
-                small = gt.reshape(side, gt.shape[0] // side, side, -1).mean((1, 3)) >= 0.5
+                small = downsample_mask(gt, side)
                 # spill: share of the blend mask outside the dilated truth; map_spill: the same for the map's mass
                 row |= {"iou": iou(r.mask, small), "spill": spill(r.mask.astype(float), gt),
                         "map_spill": spill(target_map, gt)}

@@ -82,6 +82,13 @@ def mask_iou(predicted: np.ndarray, truth: np.ndarray) -> float:
     return float((p & t).sum() / union) if union else float("nan")
 
 
+def downsample_mask(mask: np.ndarray, side: int) -> np.ndarray:
+    """A square boolean mask on a coarser side x side grid: a cell is in when at least half its pixels are."""
+    m = np.asarray(mask, bool)
+    f = m.shape[0] // side
+    return m.reshape(side, f, side, f).mean((1, 3)) >= 0.5
+
+
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """Nearest-neighbour resize of a square boolean mask to size x size."""
     m = np.asarray(mask, bool)

@@ -20,13 +20,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis import ablation, failures, graph_checks, solvers, spectrum  # noqa: E402
+from analysis.metrics import downsample_mask  # noqa: E402
 from locatedit.run import list_runs  # noqa: E402
-
-
-def graph_resolution_truth(run, side: int) -> np.ndarray:
-    gt = run.gt_mask()
-    f = gt.shape[0] // side
-    return gt.reshape(side, f, side, f).mean((1, 3)) >= 0.5
 
 
 def main() -> int:
@@ -47,7 +42,7 @@ def main() -> int:
     for run in runs:
         S = run.arrays["self_attention_mean"][1]
         side = int(round(np.sqrt(S.shape[0])))
-        truth = graph_resolution_truth(run, side)
+        truth = downsample_mask(run.gt_mask(), side)
         if truth.all() or not truth.any():
             continue
         summary = graph_checks.semantic_vs_spatial(S, truth.astype(int), k=8).summary

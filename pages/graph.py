@@ -4,6 +4,7 @@ import streamlit as st
 
 from analysis.figures import patch_picker_figure, upscale
 from analysis.graph_checks import graphml_bytes, patch_neighbours, semantic_vs_spatial
+from analysis.metrics import downsample_mask
 from dashboard.state import intro, pick_run, use_navigation
 
 use_navigation()
@@ -41,8 +42,7 @@ st.subheader("Semantic or spatial?")
 truth = run.gt_mask()
 segments = None
 if truth is not None:
-    f = truth.shape[0] // g
-    segments = (truth.reshape(g, f, g, f).mean((1, 3)) >= 0.5).astype(int)
+    segments = downsample_mask(truth, g).astype(int)
 report = semantic_vs_spatial(S_row, segments, k=k)
 s = report.summary
 cols = st.columns(4)

@@ -4,6 +4,7 @@ import streamlit as st
 
 from analysis.ablation import resolve, spill, iou
 from analysis.figures import heatmap_figure, image_figure, overlay, upscale
+from analysis.metrics import downsample_mask
 from dashboard.state import intro, pick_run, use_navigation
 from locatedit import graph
 
@@ -49,8 +50,7 @@ truth = run.gt_mask()
 if truth is not None:
     panels[3].plotly_chart(image_figure(upscale(overlay(source, truth.astype(float), colour=(40, 200, 80))),
                                         "ground truth"), key="ref_truth")
-    f = truth.shape[0] // g
-    small = truth.reshape(g, f, g, f).mean((1, 3)) >= 0.5
+    small = downsample_mask(truth, g)
     m = st.columns(4)
     m[0].metric("IoU (λ = 0)", f"{iou(raw.mask, small):.3f}")
     m[1].metric(f"IoU (λ = {lam})", f"{iou(refined.mask, small):.3f}", f"{iou(refined.mask, small) - iou(raw.mask, small):+.3f}")

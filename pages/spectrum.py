@@ -5,6 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.figures import heatmap_figure, image_figure, overlay, upscale
+from analysis.metrics import downsample_mask
 from analysis.spectrum import best_segment_iou, fiedler_split, laplacian_spectrum, spectral_clusters
 from dashboard.state import intro, pick_run, use_navigation
 
@@ -53,8 +54,7 @@ panels[3].plotly_chart(image_figure(upscale(overlay(source, split.astype(float),
                                     "Fiedler split over the image"), key="spec_split")
 truth = run.gt_mask()
 if truth is not None:
-    f = truth.shape[0] // g
-    small = truth.reshape(g, f, g, f).mean((1, 3)) >= 0.5
+    small = downsample_mask(truth, g)
     iou_cluster, _ = best_segment_iou(labels, small)
     iou_fiedler, _ = best_segment_iou(split.ravel().astype(int), small)
     st.dataframe(pd.DataFrame({"segmentation": ["Fiedler split", f"{clusters} spectral clusters (best cluster)"],
