@@ -39,6 +39,23 @@ def test_captions_use_only_the_vocabulary_and_name_every_object():
         assert len({o.shape for o in scene.objects}) == len(scene.objects)
 
 
+def test_word_owners_name_the_object_or_background_each_word_describes():
+    scene = Scene(
+        (ShapeObject("circle", "red", "dotted", 0.15, 0.3, 0.3), ShapeObject("star", "blue", None, 0.15, 0.7, 0.7)),
+        "white",
+        "striped",
+    )
+    assert scene.caption == "a red dotted circle and a blue star on a white striped background"
+    assert scene.word_owners() == [None, 0, 0, 0, None, None, 1, 1, None, None, -1, -1, -1]
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        scene = sample_scene(rng)
+        owners = scene.word_owners()
+        assert len(owners) == len(scene.caption.split())
+        for word, owner in zip(scene.caption.split(), owners):
+            assert (owner is None) == (word in ("a", "and", "on"))
+
+
 def test_object_mask_holds_the_object_colour_and_background_holds_its_own():
     scene = Scene((ShapeObject("square", "red", radius=0.25, cx=0.5, cy=0.5),), "blue")
     image, (mask,) = render(scene)

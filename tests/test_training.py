@@ -2,18 +2,24 @@
 import json
 
 import numpy as np
+import pytest
+import torch
 
 from locatedit.generate import generate
 from locatedit.loading import load_model
 from locatedit.shapeworld.__main__ import main as train_main
+from locatedit.shapeworld.train import TrainConfig, make_dataset, make_grounding_targets, token_grounding_loss
+from locatedit.shapeworld.world import render, sample_scene
 
 
 def test_smoke_training_exports_a_loadable_model_and_resumes(tmp_path):
     work, out = tmp_path / "work", tmp_path / "model"
     assert train_main(["train", "--smoke", "--work", str(work), "--out", str(out)]) == 0
-    for stage in ("vae", "clip", "unet", "ip_adapter", "latents"):
+    for stage in ("vae", "clip", "unet", "grounding", "ip_adapter", "latents"):
         assert (work / stage / "done.json").exists()
+    assert "token_loss" in (work / "grounding" / "log.jsonl").read_text()
     info = json.loads((out / "locatedit.json").read_text())
+    assert set(info["steps"]) == {"vae", "clip", "unet", "grounding", "ip_adapter"}
     assert info["graph_resolution"] == 16 and info["mask_resolution"] == 8 and "circle" in info["vocabulary"]
     assert (work / "curves.html").exists()
     model = load_model(str(out), device="cpu")
@@ -23,3 +29,49 @@ def test_smoke_training_exports_a_loadable_model_and_resumes(tmp_path):
     stamp = (work / "unet" / "ema.pt").stat().st_mtime_ns
     assert train_main(["train", "--smoke", "--work", str(work), "--out", str(out)]) == 0
     assert (work / "unet" / "ema.pt").stat().st_mtime_ns == stamp
+
+
+def test_token_grounding_loss_rewards_attention_inside_the_region():
+    regions = torch.zeros(1, 3, 16, 16)
+    regions[0, 0, 4:8, 4:8] = 1  # object 0
+    regions[0, 2] = 1 - regions[0, 0]  # background
+    owners = torch.tensor([[-1, 0, 2, -1]])  # BOS, object word, background word, padding
+
+    def maps_with(object_word_map: torch.Tensor, side: int = 16) -> list[torch.Tensor]:
+        probs = torch.full((1, side * side, 4), 1e-6)
+        probs[0, :, 1] = object_word_map.flatten()
+        probs[0, :, 2] = 1 - regions[0, 0].flatten() if side == 16 else 0.5
+        return [probs]
+
+    inside = maps_with(regions[0, 0])
+    outside = maps_with(regions[0, 2])
+    assert token_grounding_loss(inside, regions, owners) < 1e-4
+    assert token_grounding_loss(outside, regions, owners) > 0.45  # the object word's term is (1 - ~0)^2 = 1
+    # Coarser layers see the regions pooled: an 8x8 map on the object's 2x2 cells is also inside.
+    coarse = torch.zeros(8, 8)
+    coarse[2:4, 2:4] = 1
+    assert token_grounding_loss([maps_with(coarse, side=8)[0]], regions, torch.tensor([[-1, 0, -1, -1]])) < 1e-4
+    # Nothing supervised (a dropped caption): no loss, not NaN.
+    assert token_grounding_loss(inside, regions, torch.full((1, 4), -1)) == 0
+
+
+def test_grounding_targets_match_the_rendered_masks(tmp_path):
+    cfg = TrainConfig(work=tmp_path, n_images=12)
+    data = make_dataset(cfg)
+    targets = make_grounding_targets(cfg, data)
+    rng = np.random.default_rng(cfg.seed)
+    for i in range(12):
+        scene = sample_scene(rng)
+        masks = render(scene)[1]
+        owners = targets["owners"][i]
+        words = scene.caption.split()
+        shape_token = 1 + words.index(scene.objects[0].shape)
+        assert owners[shape_token] == 0 and owners[0] == -1 and owners[1 + words.index("background")] == 2
+        assert owners[1 + len(words):].max() == -1  # padding is never supervised
+        assert np.allclose(targets["regions"][i, 0], masks[0].reshape(16, 4, 16, 4).mean(axis=(1, 3)), atol=1e-3)
+        assert np.allclose(targets["regions"][i, :2].sum(0) + targets["regions"][i, 2], 1, atol=1e-2)
+    # A changed world is caught, not silently mis-aligned.
+    data["captions"][3] = "a red circle on a blue background"
+    (tmp_path / "data" / "grounding.npz").unlink()
+    with pytest.raises(RuntimeError, match="world generator changed"):
+        make_grounding_targets(cfg, data)

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--out", type=Path, default=Path("data/models/shapeworld"), help="exported model folder")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--n-images", type=int, default=None)
-    for stage in ("vae", "clip", "unet", "ip"):
+    for stage in ("vae", "clip", "unet", "grounding", "ip"):
         train.add_argument(f"--{stage}-steps", type=int, default=None)
     train.add_argument("--smoke", action="store_true", help="a tiny run (a few steps per stage) to check the code")
     args = parser.parse_args(argv)
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg.scaled(0.004), n_images=256, clip_batch=32, unet_batch=8, vae_batch=8, ip_batch=8)
     if args.n_images:
         cfg.n_images = args.n_images
-    for stage in ("vae", "clip", "unet", "ip"):
+    for stage in ("vae", "clip", "unet", "grounding", "ip"):
         if (steps := getattr(args, f"{stage}_steps")) is not None:
             setattr(cfg, f"{stage}_steps", steps)
     out = run_training(cfg)

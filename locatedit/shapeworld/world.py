@@ -68,6 +68,14 @@ class Scene:
         parts += ["on", "a", self.background] + ([self.background_pattern] if self.background_pattern else [])
         return " ".join(parts + ["background"])
 
+    def word_owners(self) -> list[int | None]:
+        """For each caption word, what it describes: object k, -1 for the background, None for grammar words."""
+        owners: list[int | None] = []
+        for i, obj in enumerate(self.objects):
+            owners += ([None] if i else []) + [None] + [i] * len(obj.words())
+        owners += [None, None, -1] + ([-1] if self.background_pattern else []) + [-1]
+        return owners
+
     def object_with(self, shape: str) -> int:
         """Index of the object with this shape (shapes are unique within a scene)."""
         for i, obj in enumerate(self.objects):
