@@ -62,6 +62,9 @@ class TrainConfig:
     ip_batch: int = 32
     ip_lr: float = 1e-3
     ip_text_dropout: float = 0.5
+    # Zero image embeddings are what classifier-free guidance feeds the unconditional branch (diffusers'
+    # negative image embeds), so the adapter must learn them as "no image", as IP-Adapter's own training does.
+    ip_image_dropout: float = 0.1
     ema_decay: float = 0.999
     sizes: ModelSizes = field(default_factory=ModelSizes)
     name: str = "shapeworld"
@@ -427,7 +430,8 @@ def train_ip_adapter(
 ) -> dict[str, dict]:
     """IP-Adapter (image projection + per-layer to_k_ip/to_v_ip) against the frozen UNet and text encoder.
 
-    The caption is dropped half of the time, so the image embedding alone has to carry what the image shows.
+    The caption is dropped half of the time, so the image embedding alone has to carry what the image shows; the
+    image embedding is zeroed a tenth of the time, which is the unconditional input of guidance.
     """
     stage = Stage(cfg.work, "ip_adapter")
     unet = copy.deepcopy(unet).requires_grad_(False)
@@ -459,6 +463,7 @@ def train_ip_adapter(
         ids[torch.rand(len(idx), generator=gen) < cfg.ip_text_dropout] = empty
         with torch.no_grad():
             image_embeds = image_encoder(pixel_values=_to_tensor(images[idx])).image_embeds
+            image_embeds[torch.rand(len(idx), generator=gen) < cfg.ip_image_dropout] = 0
             context = text_encoder(ids).last_hidden_state
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
