@@ -18,6 +18,7 @@ def test_smoke_training_exports_a_loadable_model_and_resumes(tmp_path):
     for stage in ("vae", "clip", "unet", "grounding", "ip_adapter", "latents"):
         assert (work / stage / "done.json").exists()
     assert "token_loss" in (work / "grounding" / "log.jsonl").read_text()
+    assert (out / "training" / "grounding.jsonl").exists() and (out / "training" / "curves.html").exists()
     info = json.loads((out / "locatedit.json").read_text())
     assert set(info["steps"]) == {"vae", "clip", "unet", "grounding", "ip_adapter"}
     assert info["graph_resolution"] == 16 and info["mask_resolution"] == 8 and "circle" in info["vocabulary"]

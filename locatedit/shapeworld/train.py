@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,7 +269,7 @@ def train_vae(cfg: TrainConfig, data: dict) -> torch.nn.Module:
         opt.step()
         step += 1
         bar.update(1)
-        if step % 50 == 0:
+        if step % 50 == 0 or step == cfg.vae_steps:
             stage.log(step=step, loss=loss.item(), crop=crop)
             bar.set_postfix(loss=f"{loss.item():.4f}")
         stage.save({"model": vae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step})
@@ -331,7 +332,7 @@ def train_clip(cfg: TrainConfig, data: dict, tokenizer) -> torch.nn.Module:
         opt.step()
         step += 1
         bar.update(1)
-        if step % 50 == 0:
+        if step % 50 == 0 or step == cfg.clip_steps:
             stage.log(step=step, loss=loss.item())
             bar.set_postfix(loss=f"{loss.item():.3f}")
         stage.save({"model": clip.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step})
@@ -476,7 +477,7 @@ def train_ip_adapter(
         opt.step()
         step += 1
         bar.update(1)
-        if step % 50 == 0:
+        if step % 50 == 0 or step == cfg.ip_steps:
             stage.log(step=step, loss=loss.item())
             bar.set_postfix(loss=f"{loss.item():.4f}")
         trained = {n: p for n, p in unet.state_dict().items() if "_ip" in n or "encoder_hid_proj" in n}
@@ -557,7 +558,25 @@ def export(cfg: TrainConfig, vae, scaling_factor: float, text_encoder, unet, cli
         "latent_clip_range": latent_clip_range,
     }
     (out / "locatedit.json").write_text(json.dumps(info, indent=2))
+    (out / "README.md").write_text(MODEL_CARD.format(name=cfg.name, steps=json.dumps(steps or {}),
+                                                     sizes=json.dumps(cfg.sizes.to_dict())))
     return out
+
+
+MODEL_CARD = """# {name}
+
+A Stable-Diffusion-architecture model (AutoencoderKL, UNet2DConditionModel, CLIPTextModel, a small CLIPModel and an
+IP-Adapter) trained by `python -m locatedit.shapeworld train` on ShapeWorld scenes (`locatedit/shapeworld/world.py`).
+
+- Steps per stage: {steps}
+- Sizes: {sizes}
+- Stages: VAE (L1 + MSE + KL, crops then full images) -> latents -> small CLIP (contrastive) -> UNet + text encoder
+  (epsilon, min-SNR, EMA, 10 % caption dropout) -> grounding (the same objective plus TokenCompose's token loss on
+  the ground-truth object masks, so each object word's cross-attention falls on its object and each background word's
+  on the background; self-attention is never supervised) -> IP-Adapter against the frozen UNet (50 % caption dropout,
+  10 % zeroed image embeddings).
+- Quality gates: `python benchmarks/bench_shapeworld.py`; loss logs and curves in `training/`.
+"""
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -580,6 +599,11 @@ def train(cfg: TrainConfig) -> Path:
     clip_range = math.ceil(10 * float(latents["mean"].float().abs().max()) * latents["scaling_factor"]) / 10
     out = export(cfg, vae, latents["scaling_factor"], text_encoder, unet, clip, ip_weights, tokenizer, steps, clip_range)
     write_curves(cfg.work)
+    # The logs and curves travel with the weights, so the model folder says how it was made.
+    (out / "training").mkdir(exist_ok=True)
+    for stage in stages:
+        shutil.copyfile(cfg.work / stage / "log.jsonl", out / "training" / f"{stage}.jsonl")
+    shutil.copyfile(cfg.work / "curves.html", out / "training" / "curves.html")
     return out
 
 
