@@ -10,6 +10,7 @@ PAGES = {
     "Start": [
         st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True),
         st.Page("pages/edit.py", title="Edit", icon=":material/edit:", url_path="edit"),
+        st.Page("pages/model.py", title="Model", icon=":material/model_training:", url_path="model"),
     ],
     "Inspect a run": [
         st.Page("pages/attention.py", title="Attention", icon=":material/visibility:", url_path="attention"),

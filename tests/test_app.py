@@ -151,3 +151,28 @@ def test_edit_page_runs_an_edit_in_the_background_and_saves_it(runs, tmp_path, m
     run_path = Path(job.run_path)
     assert (run_path / "edited.png").exists() and (run_path / "gt_mask.png").exists()
     assert at.query_params["run"] == [run_path.name] or at.query_params["run"] == run_path.name
+
+
+def test_model_page_generates_with_word_maps_and_refuses_unknown_words(runs):
+    at = app("pages/model.py")
+    at.text_input(key="gen_prompt").set_value("a red circle on a blue background")
+    at.number_input(key="gen_steps").set_value(3)
+    [b for b in at.button if b.label == "Generate"][0].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert len(at.get("image")) == 1
+    words = "a red circle on a blue background".split()
+    # one heatmap per word at each of the two attention levels LOCATEdit reads
+    assert len(at.get("plotly_chart")) >= 2 * len(words)
+    at.text_input(key="gen_prompt").set_value("a pink circle on a blue background")
+    [b for b in at.button if b.label == "Generate"][0].click().run()
+    assert at.error and "pink" in at.error[0].value and "circle" in at.error[0].value  # names the vocabulary
+
+
+def test_model_page_shows_the_training_record_of_the_embedded_model(runs):
+    at = app("pages/model.py")
+    stages = at.radio(key="train_stage").options
+    assert {"unet", "ip_adapter"} <= set(stages)
+    at.radio(key="train_stage").set_value("unet").run()
+    assert not at.exception
+    gates = at.dataframe[0].value
+    assert {"gate", "measured", "goal", "pass"} <= set(gates.columns) and len(gates) >= 6

@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-PAGES = ["", "edit", "attention", "graph", "spectrum", "refinement", "tau", "solvers", "benchmark", "compare"]
+PAGES = ["", "edit", "model", "attention", "graph", "spectrum", "refinement", "tau", "solvers", "benchmark", "compare"]
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
