@@ -56,7 +56,7 @@ class TrainConfig:
     # Continue the UNet run with TokenCompose's token loss (Wang et al., CVPR 2024) on the ground-truth masks: each
     # object word's cross-attention should fall inside its object, each background word's outside every object.
     # Without it this small model's word maps stayed diffuse (object-word IoU 0.17 after 5.5 k steps).
-    grounding_steps: int = 5000
+    grounding_steps: int = 7000
     grounding_lr: float = 4e-4
     grounding_weight: float = 0.05
     ip_steps: int = 2500
