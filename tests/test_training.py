@@ -24,6 +24,7 @@ def test_smoke_training_exports_a_loadable_model_and_resumes(tmp_path):
     assert info["graph_resolution"] == 16 and info["mask_resolution"] == 8 and "circle" in info["vocabulary"]
     assert (work / "curves.html").exists()
     model = load_model(str(out), device="cpu")
+    assert len(model.pipe.tokenizer("a red circle").input_ids) == 5  # no padding state saved with the tokenizer
     gen = generate(model, "a red circle on a blue background", steps=2)
     assert np.asarray(gen.image).shape == (64, 64, 3) and set(gen.maps) == {8, 16}
     # A second call finds every stage done and only re-exports.

@@ -597,7 +597,10 @@ def train(cfg: TrainConfig) -> Path:
     # The clamp range of x0-predictions: the largest scaled training latent, so the source branch (whose
     # x0-prediction is the true x_0) is never clipped. SD 1.5's own range is the reference's 1.
     clip_range = math.ceil(10 * float(latents["mean"].float().abs().max()) * latents["scaling_factor"]) / 10
-    out = export(cfg, vae, latents["scaling_factor"], text_encoder, unet, clip, ip_weights, tokenizer, steps, clip_range)
+    # A fresh tokenizer: batched training calls leave fixed padding set in the fast tokenizer's state, which
+    # save_pretrained would write out (and every later un-padded call would come back padded).
+    out = export(cfg, vae, latents["scaling_factor"], text_encoder, unet, clip, ip_weights, build_tokenizer(), steps,
+                 clip_range)
     write_curves(cfg.work)
     # The logs and curves travel with the weights, so the model folder says how it was made.
     (out / "training").mkdir(exist_ok=True)
