@@ -39,12 +39,17 @@ def get_run(path: str, stamp: float) -> Run:
     return Run.load(path)
 
 
-@st.cache_data(ttl=3, show_spinner=False)
 def library(extra_roots: tuple[str, ...] = ()) -> dict[str, str]:
     """Run id -> path over every root (newest first). Runs of extra roots (a benchmark's per-method folders) are
     keyed '<folder>/<id>'; a clash between the main roots is resolved the same way."""
+    return _library(tuple(map(str, run_roots())), extra_roots)
+
+
+@st.cache_data(ttl=3, show_spinner=False)
+def _library(roots: tuple[str, ...], extra_roots: tuple[str, ...]) -> dict[str, str]:
+    """Cached per set of roots, so a changed ``LOCATEDIT_RUNS`` is seen at once."""
     runs: dict[str, str] = {}
-    for root in run_roots():
+    for root in map(Path, roots):
         for run in list_runs(root):
             key = run.id if run.id not in runs else f"{root.name}/{run.id}"
             runs[key] = str(run.path)
@@ -52,6 +57,11 @@ def library(extra_roots: tuple[str, ...] = ()) -> dict[str, str]:
         for run in list_runs(root):
             runs[f"{root.name}/{run.id}"] = str(run.path)
     return runs
+
+
+def refresh_library() -> None:
+    """Forget the cached listing (after a new run is saved)."""
+    _library.clear()
 
 
 def add_roots(roots: list[Path]) -> None:

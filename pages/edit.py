@@ -8,7 +8,8 @@ from PIL import Image
 
 from analysis.figures import heatmap_figure, lines_figure, overlay, upscale
 from dashboard import jobs
-from dashboard.state import intro, library, load, model_choices, model_or_error, pick_run, save_root, use_navigation
+from dashboard.state import (intro, load, model_choices, model_or_error, pick_run, refresh_library, save_root,
+                             use_navigation)
 from locatedit.pipeline import EditParams
 from locatedit.shapeworld.world import EDIT_TYPES, sample_edit
 
@@ -112,7 +113,7 @@ def job_status() -> None:
         st.warning(warning)
     if st.session_state.get("shown_job") != job.id:
         st.session_state["shown_job"] = job.id
-        library.clear()
+        refresh_library()
         st.rerun()
 
 

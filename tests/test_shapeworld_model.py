@@ -1,9 +1,9 @@
 """The trained embedded model: loads offline by name, generates, its attention finds objects, and LOCATEdit edits
 with it stay where the ground truth says they should (issue 4's end-to-end checks, on a few fixed seeds).
 
-The `gates` tests hold the model to the issues' quality thresholds. The model trained so far does NOT meet them
-(see the README), so they are kept out of the default run until a better-trained model lands:
-`pytest -m gates` runs them."""
+Two levels: the default run holds the committed model to what it measurably does (regression guards: the model
+before the grounding stage fails them), and the `gates` tests hold it to the issues' goals, which it does not all meet
+yet (see benchmarks/results/shapeworld_gates.md); `pytest -m gates` runs those."""
 import os
 import subprocess
 import sys
@@ -59,21 +59,21 @@ class Catcher:
         return probs
 
 
-@pytest.mark.gates
 @torch.no_grad()
-def test_object_word_attention_finds_the_object(model):
-    """Real scenes noised to t = 500: the shape word's 8x8 cross-attention, thresholded like the blend mask."""
+def object_word_iou(model, t: int, n: int = 16) -> float:
+    """Real scenes noised to t: the shape word's 8x8 cross-attention, thresholded like the blend mask, vs the truth."""
     pipe = model.pipe
     rng = np.random.default_rng(77)
-    scenes = [sample_scene(rng, n_objects=1) for _ in range(16)]
+    scenes = [sample_scene(rng, n_objects=1) for _ in range(n)]
     images = np.stack([render(s)[0] for s in scenes])
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     latents = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
-    t = torch.full((16,), 500)
-    noisy = pipe.scheduler.add_noise(latents, torch.randn(latents.shape, generator=torch.Generator().manual_seed(0)), t)
+    steps = torch.full((n,), t)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+    noisy = pipe.scheduler.add_noise(latents, noise, steps)
     ids = pipe.tokenizer([s.caption for s in scenes], padding="max_length", return_tensors="pt").input_ids
     catcher = Catcher(layer_resolutions(pipe.unet))
-    pipe.unet(noisy, t, pipe.text_encoder(ids)[0], added_cond_kwargs={"image_embeds": [torch.zeros(16, 1, 64)]},
+    pipe.unet(noisy, steps, pipe.text_encoder(ids)[0], added_cond_kwargs={"image_embeds": [torch.zeros(n, 1, 64)]},
               cross_attention_kwargs={"controller": catcher})
     cross = torch.stack(catcher.maps).mean(0).numpy()
     ious = []
@@ -81,17 +81,43 @@ def test_object_word_attention_finds_the_object(model):
         m = cross[b, :, 1 + scene.caption.split().index(scene.objects[0].shape)].reshape(8, 8)
         pred = resize_mask((m - m.min()) / (np.ptp(m) + 1e-8) > 0.2204, 64)
         ious.append(mask_iou(pred, render(scene)[1][0]))
-    assert np.mean(ious) >= 0.35, ious
+    return float(np.mean(ious))
+
+
+def test_object_word_attention_finds_the_object(model):
+    """Guard: 0.53 measured at t = 500; the model before grounding had 0.17."""
+    assert object_word_iou(model, 500) >= 0.45
 
 
 @pytest.mark.gates
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_colour_edit_lands_inside_the_truth_and_keeps_the_background(model, seed):
+def test_object_word_attention_meets_the_gate(model):
+    """Issue 3's goal: mean IoU >= 0.5 over t = 200, 500, 800 (measured: 0.49)."""
+    assert np.mean([object_word_iou(model, t) for t in (200, 500, 800)]) >= 0.5
+
+
+def colour_edit(model, seed: int):
     edit = sample_edit(np.random.default_rng(seed), "change_colour")
     source, target, truth = edit.render()
     result = locatedit_edit(model, source, edit.source_prompt, edit.target_prompt, edit.blend_words, EditParams())
     edited = np.asarray(result.edited)
     mask = resize_mask(result.arrays["mask"][-1, 1], 64)
+    return source, target, truth, edited, mask
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_colour_edit_stays_on_the_object_and_keeps_the_background(model, seed):
+    """Guard: the background outside the dilated truth is kept (measured 35-40 dB) and the mask sits on the object
+    (IoU 0.42-0.58 on these seeds; the model before grounding had 0.16 and 22 dB)."""
+    source, _, truth, edited, mask = colour_edit(model, seed)
+    assert true_background_psnr(source, edited, truth, dilate=2) >= 30.0
+    assert mask_iou(mask, truth) >= 0.35
+
+
+@pytest.mark.gates
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_colour_edit_meets_the_pipeline_goals(model, seed):
+    """Issue 4's goals: the object takes the target colour inside the truth, background >= 30 dB, mask IoU >= 0.5."""
+    source, target, truth, edited, mask = colour_edit(model, seed)
     assert region_colour(edited, truth) == region_colour(target, truth), "the object did not take the target colour"
     assert true_background_psnr(source, edited, truth, dilate=2) >= 30.0
     assert mask_iou(mask, truth) >= 0.5
