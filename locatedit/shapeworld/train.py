@@ -31,7 +31,7 @@ from .models import (
     vision_tower,
 )
 from .tokenizer import MAX_LENGTH, build_tokenizer
-from .world import render, sample_scene
+from .world import box_downsample, render, sample_scene
 
 CHECKPOINT_SECONDS = 180
 
@@ -183,20 +183,15 @@ def make_grounding_targets(cfg: TrainConfig, data: dict) -> dict:
         masks = render(scene)[1]
         union = np.zeros_like(masks[0], dtype=np.float32)
         for k, mask in enumerate(masks):
-            regions[i, k] = _pool(mask.astype(np.float32), GROUNDING_SIDE)
+            regions[i, k] = box_downsample(mask.astype(np.float32), mask.shape[0] // GROUNDING_SIDE)
             union = np.maximum(union, mask)
-        regions[i, 2] = _pool(1 - union, GROUNDING_SIDE)
+        regions[i, 2] = box_downsample(1 - union, union.shape[0] // GROUNDING_SIDE)
         for w, owner in enumerate(scene.word_owners()):
             if owner is not None:
                 owners[i, 1 + w] = 2 if owner == -1 else owner  # token 0 is BOS
     np.savez(path.with_suffix(".tmp.npz"), regions=regions, owners=owners)
     path.with_suffix(".tmp.npz").replace(path)
     return {"regions": regions, "owners": owners}
-
-
-def _pool(mask: np.ndarray, side: int) -> np.ndarray:
-    f = mask.shape[0] // side
-    return mask.reshape(side, f, side, f).mean(axis=(1, 3))
 
 
 class CrossAttentionTaps:
@@ -509,10 +504,9 @@ def export(cfg: TrainConfig, vae, scaling_factor: float, text_encoder, unet, cli
     """Write the diffusers layout: the SD pipeline folders, plus clip/ and ip_adapter/ beside them."""
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import save_file
+    from transformers import CLIPImageProcessor
 
     from .world import VOCABULARY
-
-    from transformers import CLIPImageProcessor
 
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)

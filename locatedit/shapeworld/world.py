@@ -138,9 +138,10 @@ def _object_coverage(obj: ShapeObject, size: int) -> np.ndarray:
     return np.asarray(canvas) > 127
 
 
-def _downsample(array: np.ndarray) -> np.ndarray:
+def box_downsample(array: np.ndarray, factor: int = SUPERSAMPLE) -> np.ndarray:
+    """Mean over factor x factor blocks (area fractions for a mask); trailing axes such as colour are kept."""
     h, w = array.shape[:2]
-    f = SUPERSAMPLE
+    f = factor
     return array.reshape(h // f, f, w // f, f, *array.shape[2:]).mean(axis=(1, 3))
 
 
@@ -158,8 +159,8 @@ def render(scene: Scene, size: int = IMAGE_SIZE) -> tuple[np.ndarray, list[np.nd
         second = np.array(_shade(COLOURS[obj.colour]), dtype=np.float32)
         texture = np.where(_pattern_mask(obj.pattern, big)[..., None], second, colour)
         canvas[cover] = texture[cover]
-        masks.append(_downsample(cover.astype(np.float32)) >= 0.5)
-    image = np.clip(np.round(_downsample(canvas)), 0, 255).astype(np.uint8)
+        masks.append(box_downsample(cover.astype(np.float32)) >= 0.5)
+    image = np.clip(np.round(box_downsample(canvas)), 0, 255).astype(np.uint8)
     return image, masks
 
 
