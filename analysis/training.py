@@ -12,8 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from locatedit.loading import REPO_ROOT
-
-STAGES = ("vae", "clip", "unet", "grounding", "ip_adapter")  # training order
+from locatedit.shapeworld.train import STAGES
 GATES_FILE = REPO_ROOT / "benchmarks" / "results" / "shapeworld" / "gates.json"
 
 

@@ -24,6 +24,7 @@ configure_threads()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from locatedit.attention import CROSS, SELF, layer_resolutions  # noqa: E402
 from locatedit.embeddings import image_features, text_features  # noqa: E402
@@ -146,21 +147,45 @@ def gate_attention(model, scenes, timesteps=(200, 500, 800), k=8) -> dict:
     return {"per_t": per_t, "sheet": sheet_rows}
 
 
+def background_colour(image: np.ndarray) -> str:
+    """Nearest palette colour of the median pixel outside the (dilated) detected object."""
+    outside = ~ndimage.binary_dilation(detect_object(image), iterations=2)
+    return nearest_colour(np.median(image[outside].astype(np.float32), axis=0))
+
+
+def _tally(table: dict, colour: str, hit: bool) -> None:
+    table.setdefault(colour, [0, 0])
+    table[colour][0] += int(hit)
+    table[colour][1] += 1
+
+
 @torch.no_grad()
 def gate_generation(model, scenes, clf, seed=0) -> dict:
+    """Object colour and shape of text-to-image samples; also, as diagnostics (not gates), the colour of plain
+    backgrounds and both accuracies per captioned colour ({colour: [right, samples]})."""
     from locatedit.generate import generate
 
-    colour_ok, shape_ok, samples = [], [], []
+    colour_ok, shape_ok, background_ok, samples = [], [], [], []
+    by_object_colour: dict = {}
+    by_background_colour: dict = {}
     for i, scene in enumerate(scenes):
         gen = generate(model, scene.caption, seed=seed + i, steps=50, guidance=5.0)
         image = np.asarray(gen.image)
         obj = scene.objects[0]
         colour_ok.append(object_colour(image) == obj.colour)
+        _tally(by_object_colour, obj.colour, colour_ok[-1])
+        if scene.background_pattern is None:
+            background_ok.append(background_colour(image) == scene.background)
+            _tally(by_background_colour, scene.background, background_ok[-1])
         region = detect_object(image)
         shape = SHAPES[int(clf.predict(silhouette_features(region)[None])[0])] if region.sum() >= 12 else None
         shape_ok.append(shape == obj.shape)
         samples.append(image)
-    return {"colour_acc": float(np.mean(colour_ok)), "shape_acc": float(np.mean(shape_ok)), "samples": samples}
+    return {"colour_acc": float(np.mean(colour_ok)), "shape_acc": float(np.mean(shape_ok)),
+            "plain_background_colour_acc": float(np.mean(background_ok)) if background_ok else None,
+            "object_colour_by_word": dict(sorted(by_object_colour.items())),
+            "plain_background_colour_by_word": dict(sorted(by_background_colour.items())),
+            "samples": samples}
 
 
 @torch.no_grad()
@@ -239,6 +264,8 @@ def main() -> int:
         # The colour judge's own ceiling: the same function on the true renders of the held-out captions.
         results["colour_judge_acc_on_renders"] = float(
             np.mean([object_colour(render(s)[0]) == s.objects[0].colour for s in singles]))
+        results["background_judge_acc_on_renders"] = float(np.mean(
+            [background_colour(render(s)[0]) == s.background for s in singles if s.background_pattern is None]))
         generation = gate_generation(model, singles, clf)
         results |= {k: v for k, v in generation.items() if k != "samples"}
         gates.append(("object colour accuracy", results["colour_acc"], ">= 0.90", results["colour_acc"] >= 0.9))
@@ -269,7 +296,11 @@ def main() -> int:
         print("attention per t:", json.dumps(results["attention"]))
     if "generation" in only:
         print(f"judges on true renders: shape {results['shape_judge_acc_on_renders']:.3f}, "
-              f"colour {results['colour_judge_acc_on_renders']:.3f}")
+              f"colour {results['colour_judge_acc_on_renders']:.3f}, plain background "
+              f"{results['background_judge_acc_on_renders']:.3f}")
+        print(f"plain backgrounds right: {results['plain_background_colour_acc']:.3f}; per colour [right, n]: "
+              f"objects {json.dumps(results['object_colour_by_word'])}, "
+              f"backgrounds {json.dumps(results['plain_background_colour_by_word'])}")
     results["gates"] = [{"gate": n, "value": v, "goal": g, "pass": bool(ok)} for n, v, g, ok in gates]
     (args.out / "gates.json").write_text(json.dumps(results, indent=2))
     if "generation" in only:

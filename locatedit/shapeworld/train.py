@@ -1,4 +1,5 @@
-"""Train the ShapeWorld model in resumable stages: data -> vae -> latents -> clip -> unet -> ip_adapter -> export.
+"""Train the ShapeWorld model in resumable stages: data -> vae -> latents -> clip -> unet -> grounding -> binding ->
+ip_adapter -> export.
 
 Every stage checkpoints to ``<work>/<stage>/ckpt.pt`` every few minutes and marks itself done with ``done.json``;
 a rerun of the same command skips finished stages and resumes the one in progress, so a killed background job loses
@@ -25,15 +26,18 @@ from .models import (
     make_clip,
     make_scheduler,
     make_text_encoder,
+    make_text_layers_identity,
     make_unet,
     make_vae,
     new_ip_adapter_state_dict,
+    text_encoder_layers,
     vision_tower,
 )
 from .tokenizer import MAX_LENGTH, build_tokenizer
 from .world import box_downsample, render, sample_scene
 
 CHECKPOINT_SECONDS = 180
+STAGES = ("vae", "clip", "unet", "grounding", "binding", "coverage", "ip_adapter")  # the trained stages, in order
 
 
 @dataclass
@@ -59,6 +63,19 @@ class TrainConfig:
     grounding_steps: int = 7000
     grounding_lr: float = 4e-4
     grounding_weight: float = 0.05
+    # Then switch the text encoder's causal layer on (still with the token loss) and train with offset noise: a
+    # per-image, per-channel constant added to the noise, so that at high t the model cannot read the image's mean
+    # colour from the noise's own mean and must take it from the caption (with SD's schedule the signal left at
+    # t = 999 is as large as the mean of 16x16 noise; backgrounds drifted to purple, 13/34 plain ones right).
+    binding_steps: int = 4000
+    binding_lr: float = 3e-4
+    offset_noise: float = 0.1
+    binding_text_layers: bool = True  # False: the binding stage with the text layer kept off (an ablation)
+    # Then add TokenCompose's pixel loss: after binding, object-word maps thresholded like LOCATEdit's mask covered
+    # only 52-61 % of the object's area (peaked at its centre), which caps mask IoU.
+    coverage_steps: int = 1500
+    coverage_lr: float = 2e-4
+    pixel_weight: float = 0.05
     ip_steps: int = 2500
     ip_batch: int = 32
     ip_lr: float = 1e-3
@@ -74,7 +91,8 @@ class TrainConfig:
     def scaled(self, factor: float) -> "TrainConfig":
         """A copy with every step count scaled (for smoke tests)."""
         cfg = copy.deepcopy(self)
-        for name in ("vae_steps", "clip_steps", "unet_steps", "grounding_steps", "ip_steps"):
+        for name in ("vae_steps", "clip_steps", "unet_steps", "grounding_steps", "binding_steps", "coverage_steps",
+                     "ip_steps"):
             setattr(cfg, name, max(2, int(getattr(cfg, name) * factor)))
         return cfg
 
@@ -228,6 +246,28 @@ def token_grounding_loss(maps: list[torch.Tensor], regions: torch.Tensor, owners
     return torch.stack(losses).mean()
 
 
+def pixel_grounding_loss(maps: list[torch.Tensor], regions: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
+    """TokenCompose's L_pixel: binary cross-entropy between each supervised token's min-max-normalised map and its
+    region. The token loss only asks for the mass to be inside, which a peak at the object's centre satisfies; this
+    term asks the whole object to light up, which is what a map thresholded at a fraction of its maximum needs.
+    """
+    supervised = owners >= 0
+    if not supervised.any():
+        return torch.zeros(())
+    losses = []
+    for probs in maps:
+        side = math.isqrt(probs.shape[1])
+        pooled = F.adaptive_avg_pool2d(regions, side).flatten(2)
+        index = owners.clamp(min=0)[..., None].expand(-1, -1, pooled.shape[-1])
+        target = torch.gather(pooled, 1, index)  # (B, T, Q)
+        attention = probs.transpose(1, 2)
+        low, high = attention.amin(-1, keepdim=True), attention.amax(-1, keepdim=True)
+        normalised = ((attention - low) / (high - low).clamp_min(1e-8)).clamp(1e-4, 1 - 1e-4)
+        bce = F.binary_cross_entropy(normalised, target, reduction="none").mean(-1)
+        losses.append(bce[supervised].mean())
+    return torch.stack(losses).mean()
+
+
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
 
@@ -347,51 +387,86 @@ def _min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float = 5.0) -> 
     return torch.clamp(snr, max=gamma) / snr
 
 
-def train_unet(
-    cfg: TrainConfig, data: dict, latents: dict, tokenizer, grounding: dict | None = None
-) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Text encoder and UNet jointly, epsilon prediction with min-SNR weighting and EMA.
+@dataclass(frozen=True)
+class DenoiserStage:
+    """One run of the UNet + text encoder objective: where it starts and what it adds."""
 
-    With ``grounding`` (from ``make_grounding_targets``) this is the "grounding" stage: it starts from the unet
-    stage's EMA weights and adds ``grounding_weight`` x the token loss on every cross-attention layer.
+    name: str
+    init_from: str | None  # the stage whose EMA weights it continues from
+    seed_offset: int
+    grounded: bool  # add the token loss on every cross-attention layer
+    train_text_layers: bool  # the text encoder's causal layers (identity and frozen until "binding")
+    offset_noise: bool
+    pixel_loss: bool = False  # add TokenCompose's pixel loss (needs grounded)
+
+
+DENOISER_STAGES = {
+    "unet": DenoiserStage("unet", None, 3, grounded=False, train_text_layers=False, offset_noise=False),
+    "grounding": DenoiserStage("grounding", "unet", 5, grounded=True, train_text_layers=False, offset_noise=False),
+    "binding": DenoiserStage("binding", "grounding", 6, grounded=True, train_text_layers=True, offset_noise=True),
+    "coverage": DenoiserStage("coverage", "binding", 7, grounded=True, train_text_layers=True, offset_noise=True,
+                              pixel_loss=True),
+}
+
+
+def _noise(shape: torch.Size, gen: torch.Generator, offset: float) -> torch.Tensor:
+    noise = torch.randn(shape, generator=gen)
+    if offset > 0:
+        noise = noise + offset * torch.randn(shape[0], shape[1], 1, 1, generator=gen)
+    return noise
+
+
+def train_unet(
+    cfg: TrainConfig, data: dict, latents: dict, tokenizer, name: str = "unet", grounding: dict | None = None
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Text encoder and UNet jointly, epsilon prediction with min-SNR weighting and EMA, as stage ``name`` of
+    ``DENOISER_STAGES``; grounded stages need ``grounding`` (from ``make_grounding_targets``) and add
+    ``grounding_weight`` x the token loss on every cross-attention layer.
     """
-    name, total, base_lr = ("unet", cfg.unet_steps, cfg.unet_lr) if grounding is None else (
-        "grounding", cfg.grounding_steps, cfg.grounding_lr)
+    spec = DENOISER_STAGES[name]
+    if spec.grounded and grounding is None:
+        raise ValueError(f"stage {name} needs grounding targets")
+    total, base_lr = getattr(cfg, f"{name}_steps"), getattr(cfg, f"{name}_lr")
     stage = Stage(cfg.work, name)
     unet = make_unet(cfg.sizes)
     text_encoder = make_text_encoder(cfg.sizes, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    make_text_layers_identity(text_encoder)
+    text_encoder_layers(text_encoder).requires_grad_(spec.train_text_layers and cfg.binding_text_layers)
     models = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
-    if grounding is not None:
-        models.load_state_dict(torch.load(Stage(cfg.work, "unet").dir / "ema.pt"))
     ema = copy.deepcopy(models).requires_grad_(False)
     if stage.done:
         ema.load_state_dict(torch.load(stage.dir / "ema.pt"))
         return ema["unet"], ema["text_encoder"]
-    opt = torch.optim.AdamW(models.parameters(), lr=base_lr, weight_decay=0.01)
-    gen = torch.Generator().manual_seed(cfg.seed + (3 if grounding is None else 5))
+    if spec.init_from is not None:
+        models.load_state_dict(torch.load(Stage(cfg.work, spec.init_from).dir / "ema.pt"))
+        ema.load_state_dict(models.state_dict())
+    trainable = [p for p in models.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=base_lr, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(cfg.seed + spec.seed_offset)
     step = 0
     if (ckpt := stage.load()) is not None:
         models.load_state_dict(ckpt["model"]), ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["opt"]), gen.set_state(ckpt["gen"])
         step = ckpt["step"]
-    if grounding is not None:
+    if spec.grounded:
         install_recorders(unet)
     scheduler = make_scheduler()
     captions = data["captions"]
     empty = _tokenize(tokenizer, [""])
+    offset = cfg.offset_noise if spec.offset_noise else 0.0
     bar = tqdm(total=total, initial=step, desc=name)
     while step < total:
         for g in opt.param_groups:
-            g["lr"] = _lr(step, total, base_lr, warmup=200 if grounding is None else 100)
+            g["lr"] = _lr(step, total, base_lr, warmup=100 if spec.init_from else 200)
         idx = torch.randint(0, len(captions), (cfg.unet_batch,), generator=gen).numpy()
         x0 = _sample_latents(latents, idx, gen)
         ids = _tokenize(tokenizer, captions[idx])
         drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
         ids[drop] = empty
-        noise = torch.randn(x0.shape, generator=gen)
+        noise = _noise(x0.shape, gen, offset)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
         noisy = scheduler.add_noise(x0, noise, t)
-        taps = CrossAttentionTaps() if grounding is not None else None
+        taps = CrossAttentionTaps() if spec.grounded else None
         kwargs = {"cross_attention_kwargs": {"controller": taps}} if taps is not None else {}
         pred = unet(noisy, t, text_encoder(ids).last_hidden_state, **kwargs).sample
         per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
@@ -404,9 +479,13 @@ def train_unet(
             token_loss = token_grounding_loss(taps.maps, regions, owners)
             loss = loss + cfg.grounding_weight * token_loss
             row["token_loss"] = token_loss.item()
+            if spec.pixel_loss:
+                pixel_loss = pixel_grounding_loss(taps.maps, regions, owners)
+                loss = loss + cfg.pixel_weight * pixel_loss
+                row["pixel_loss"] = pixel_loss.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(models.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         _ema_update(ema, models, min(cfg.ema_decay, (1 + step) / (10 + step)))
         step += 1
@@ -461,7 +540,7 @@ def train_ip_adapter(
             image_embeds = image_encoder(pixel_values=_to_tensor(images[idx])).image_embeds
             image_embeds[torch.rand(len(idx), generator=gen) < cfg.ip_image_dropout] = 0
             context = text_encoder(ids).last_hidden_state
-        noise = torch.randn(x0.shape, generator=gen)
+        noise = _noise(x0.shape, gen, cfg.offset_noise)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
         pred = unet(
             scheduler.add_noise(x0, noise, t), t, context, added_cond_kwargs={"image_embeds": [image_embeds[:, None]]}
@@ -567,8 +646,10 @@ IP-Adapter) trained by `python -m locatedit.shapeworld train` on ShapeWorld scen
 - Stages: VAE (L1 + MSE + KL, crops then full images) -> latents -> small CLIP (contrastive) -> UNet + text encoder
   (epsilon, min-SNR, EMA, 10 % caption dropout) -> grounding (the same objective plus TokenCompose's token loss on
   the ground-truth object masks, so each object word's cross-attention falls on its object and each background word's
-  on the background; self-attention is never supervised) -> IP-Adapter against the frozen UNet (50 % caption dropout,
-  10 % zeroed image embeddings).
+  on the background; self-attention is never supervised) -> binding (the text encoder's causal layer, an identity
+  until then, is switched on so a noun can carry its adjectives; offset noise 0.1 so the mean colour comes from the
+  caption; token loss kept) -> IP-Adapter against the frozen UNet (50 % caption dropout, 10 % zeroed image
+  embeddings, offset noise).
 - Quality gates: `python benchmarks/bench_shapeworld.py`; loss logs and curves in `training/`.
 """
 
@@ -581,12 +662,19 @@ def train(cfg: TrainConfig) -> Path:
     vae = train_vae(cfg, data)
     latents = encode_latents(cfg, vae, data)
     clip = train_clip(cfg, data, tokenizer)
-    unet, text_encoder = train_unet(cfg, data, latents, tokenizer)
-    if cfg.grounding_steps > 0:
-        grounding = make_grounding_targets(cfg, data)
-        unet, text_encoder = train_unet(cfg, data, latents, tokenizer, grounding)
+    denoisers = [n for n in DENOISER_STAGES if n == "unet" or getattr(cfg, f"{n}_steps") > 0]
+    for before, name in zip(denoisers, denoisers[1:]):
+        if DENOISER_STAGES[name].init_from != before:
+            start = DENOISER_STAGES[name].init_from
+            raise ValueError(f"the {name} stage continues the {start} stage: set {start}_steps > 0")
+    grounding = make_grounding_targets(cfg, data) if len(denoisers) > 1 else None
+    for k, name in enumerate(denoisers):
+        if any(Stage(cfg.work, later).done for later in denoisers[k + 1 :]):
+            continue  # a later stage is finished (or imported), so this one's weights are not needed
+        unet, text_encoder = train_unet(cfg, data, latents, tokenizer, name,
+                                        grounding if DENOISER_STAGES[name].grounded else None)
     ip_weights = train_ip_adapter(cfg, data, latents, tokenizer, unet, text_encoder, clip)
-    stages = ("vae", "clip", "unet") + (("grounding",) if cfg.grounding_steps > 0 else ()) + ("ip_adapter",)
+    stages = ["vae", "clip", *denoisers, "ip_adapter"]
     steps = {s: Stage(cfg.work, s).info().get("steps") for s in stages}
     # The clamp range of x0-predictions: the largest scaled training latent, so the source branch (whose
     # x0-prediction is the true x_0) is never clipped. SD 1.5's own range is the reference's 1.
@@ -604,12 +692,54 @@ def train(cfg: TrainConfig) -> Path:
     return out
 
 
+def import_export(cfg: TrainConfig, model_dir: Path) -> list[str]:
+    """Start a work folder from an exported model, so later stages can be (re)trained without the hours before them:
+    its VAE, small CLIP and UNet + text encoder become the finished vae, clip and last denoiser stage it was trained
+    with (earlier ones are marked done as part of it); their logs come along. Latents are re-encoded and later
+    stages retrained.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPModel, CLIPTextModel
+
+    info = json.loads((model_dir / "locatedit.json").read_text())
+    trained = info.get("steps", {})
+    denoisers = [n for n in DENOISER_STAGES if n in trained]
+    missing = [s for s in ("vae", "clip", "unet") if s not in trained]
+    if missing:
+        raise ValueError(f"{model_dir} has no trained {', '.join(missing)} stage(s) to import (steps: {trained})")
+    if any(Stage(cfg.work, s).done or (cfg.work / s / "ckpt.pt").exists() for s in STAGES):
+        raise ValueError(f"{cfg.work} already holds training stages; import into an empty work folder")
+    cfg.work.mkdir(parents=True, exist_ok=True)
+    vae = AutoencoderKL.from_pretrained(model_dir / "vae")
+    torch.save(vae.state_dict(), Stage(cfg.work, "vae").dir / "vae.pt")
+    torch.save(CLIPModel.from_pretrained(model_dir / "clip").state_dict(), Stage(cfg.work, "clip").dir / "clip.pt")
+    tokenizer = build_tokenizer()
+    text_encoder = make_text_encoder(cfg.sizes, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    make_text_layers_identity(text_encoder)
+    result = text_encoder.load_state_dict(CLIPTextModel.from_pretrained(model_dir / "text_encoder").state_dict(),
+                                          strict=False)
+    layer_keys = {k for k in text_encoder.state_dict() if "encoder.layers." in k}
+    if result.unexpected_keys or not set(result.missing_keys) <= layer_keys:
+        raise ValueError(f"{model_dir}'s text encoder does not fit sizes {cfg.sizes}: {result}")
+    models = torch.nn.ModuleDict({"unet": UNet2DConditionModel.from_pretrained(model_dir / "unet"),
+                                  "text_encoder": text_encoder})
+    torch.save(models.state_dict(), Stage(cfg.work, denoisers[-1]).dir / "ema.pt")
+    imported = ["vae", "clip", *denoisers]
+    for name in imported:
+        stage = Stage(cfg.work, name)
+        log = model_dir / "training" / f"{name}.jsonl"
+        if log.exists():
+            shutil.copyfile(log, stage.dir / "log.jsonl")
+        stage.mark_done(steps=trained[name], imported_from=str(model_dir))
+    return imported
+
+
 def write_curves(work: Path) -> Path:
     """One HTML page with every stage's loss curve (plotly; no image backend needed)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    stages = [s for s in ("vae", "clip", "unet", "grounding", "ip_adapter") if (work / s / "log.jsonl").exists()]
+    stages = [s for s in STAGES if (work / s / "log.jsonl").exists()]
     fig = make_subplots(rows=1, cols=max(1, len(stages)), subplot_titles=stages)
     for col, name in enumerate(stages, start=1):
         rows = [json.loads(line) for line in (work / name / "log.jsonl").read_text().splitlines() if line]
