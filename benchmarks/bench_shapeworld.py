@@ -119,7 +119,7 @@ def gate_attention(model, scenes, timesteps=(200, 500, 800), k=8) -> dict:
         )
         cross = torch.stack(catcher.cross).mean(0).cpu().numpy()  # (B, m*m, tokens)
         selfs = torch.stack(catcher.self_).mean(0).cpu().numpy()  # (B, g*g, g*g)
-        ious, purity, spatial_purity = [], [], []
+        ious, area_ratio, purity, spatial_purity = [], [], [], []
         for b, scene in enumerate(scenes):
             words = scene.caption.split()
             token = 1 + words.index(scene.objects[0].shape)
@@ -128,6 +128,7 @@ def gate_attention(model, scenes, timesteps=(200, 500, 800), k=8) -> dict:
             pred = (up - up.min()) / (np.ptp(up) + 1e-8) > MASK_THRESHOLD
             gt = masks[b]
             ious.append((pred & gt).sum() / max(1, (pred | gt).sum()))
+            area_ratio.append(pred.sum() / max(1, gt.sum()))  # < 1: the map peaks inside and misses the edges
             seg = np.asarray(Image.fromarray(gt.astype(np.uint8) * 255).resize((g, g), Image.BOX)).ravel() > 127
             s = selfs[b].copy()
             np.fill_diagonal(s, -np.inf)
@@ -141,6 +142,7 @@ def gate_attention(model, scenes, timesteps=(200, 500, 800), k=8) -> dict:
                 sheet_rows.append((images[b], up, gt))
         per_t[t] = {
             "cross_iou": float(np.mean(ious)),
+            "mask_area_ratio": float(np.mean(area_ratio)),
             "self_purity_object": float(np.nanmean(purity)),
             "spatial_purity_object": float(np.nanmean(spatial_purity)),
         }

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.bench import collect, run_benchmark, select
+from analysis.bench import collect, per_type_table, run_benchmark, select
 from locatedit.loading import load_model
 from locatedit.piebench import load_mapping
 from locatedit.pipeline import EditParams
@@ -61,3 +61,20 @@ def test_two_cpu_processes_split_the_items_and_merge(setup, tmp_path):
     assert sorted(table.key) == [f"{i:012d}" for i in range(4)]  # every item once ...
     processes = {json.loads(p.read_text())["bench"]["process"] for p in tmp_path.glob("runs/*/*/run.json")}
     assert processes == {0, 1}  # ... split between the two processes
+
+
+def test_per_type_table_counts_edits_meeting_all_three_goals():
+    table = pd.DataFrame({
+        "method": ["locatedit"] * 3 + ["no_laplacian"],
+        "editing_type_id": ["6", "6", "8", "6"],
+        "mask_iou_gt": [0.6, 0.7, 0.9, 0.4],
+        "bg_psnr_true": [35.0, 29.0, 40.0, 35.0],
+        "region_colour_match": [1.0, 1.0, 0.0, 1.0],
+    })
+    rows = per_type_table(table).set_index(["method", "editing_type"])
+    colour = rows.loc[("locatedit", "change_attribute_color")]
+    assert colour["all goals"] == 0.5 and colour["items"] == 2  # the second edit's background is below 30 dB
+    assert rows.loc[("locatedit", "change_background"), "all goals"] == 0  # no colour hit
+    assert rows.loc[("no_laplacian", "change_attribute_color"), "all goals"] == 0  # IoU below 0.5
+    # Real PIE-Bench has no ground truth: no table rather than a table of NaN.
+    assert per_type_table(table.assign(mask_iou_gt=float("nan"))) is None

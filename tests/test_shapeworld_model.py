@@ -1,9 +1,9 @@
 """The trained embedded model: loads offline by name, generates, its attention finds objects, and LOCATEdit edits
 with it stay where the ground truth says they should (issue 4's end-to-end checks, on a few fixed seeds).
 
-Two levels: the default run holds the committed model to what it measurably does (regression guards: the model
-before the grounding stage fails them), and the `gates` tests hold it to the issues' goals, which it does not all meet
-yet (see benchmarks/results/shapeworld_gates.md); `pytest -m gates` runs those."""
+Two levels: the default run holds the committed model to what it measurably does (regression guards: earlier models
+fail them) and to the goals it meets; the `gates` tests hold it to the issues' goals it does not all meet yet
+(see benchmarks/results/shapeworld_gates.md); `pytest -m gates` runs those."""
 import os
 import subprocess
 import sys
@@ -84,14 +84,9 @@ def object_word_iou(model, t: int, n: int = 16) -> float:
     return float(np.mean(ious))
 
 
-def test_object_word_attention_finds_the_object(model):
-    """Guard: 0.53 measured at t = 500; the model before grounding had 0.17."""
-    assert object_word_iou(model, 500) >= 0.45
-
-
-@pytest.mark.gates
 def test_object_word_attention_meets_the_gate(model):
-    """Issue 3's goal: mean IoU >= 0.5 over t = 200, 500, 800 (measured: 0.49)."""
+    """Issue 3's goal: mean IoU >= 0.5 over t = 200, 500, 800 (measured 0.67 / 0.59 / 0.38, mean 0.55; before the
+    coverage stage 0.42, before grounding 0.17)."""
     assert np.mean([object_word_iou(model, t) for t in (200, 500, 800)]) >= 0.5
 
 
@@ -106,17 +101,20 @@ def colour_edit(model, seed: int):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_colour_edit_stays_on_the_object_and_keeps_the_background(model, seed):
-    """Guard: the background outside the dilated truth is kept (measured 35-40 dB) and the mask sits on the object
-    (IoU 0.42-0.58 on these seeds; the model before grounding had 0.16 and 22 dB)."""
-    source, _, truth, edited, mask = colour_edit(model, seed)
+    """Guard: the object takes the target colour (all three seeds; the model before binding missed seed 2), the
+    background outside the dilated truth is kept (measured 32-41 dB) and the mask sits on the object (IoU 0.42-0.65
+    on these seeds; the model before grounding had 0.16 and 22 dB)."""
+    source, target, truth, edited, mask = colour_edit(model, seed)
+    assert region_colour(edited, truth) == region_colour(target, truth), "the object did not take the target colour"
     assert true_background_psnr(source, edited, truth, dilate=2) >= 30.0
-    assert mask_iou(mask, truth) >= 0.35
+    assert mask_iou(mask, truth) >= 0.38
 
 
 @pytest.mark.gates
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_colour_edit_meets_the_pipeline_goals(model, seed):
-    """Issue 4's goals: the object takes the target colour inside the truth, background >= 30 dB, mask IoU >= 0.5."""
+    """Issue 4's goals: the object takes the target colour inside the truth, background >= 30 dB, mask IoU >= 0.5
+    (seeds 0 and 2 meet them; seed 1's mask IoU is 0.42)."""
     source, target, truth, edited, mask = colour_edit(model, seed)
     assert region_colour(edited, truth) == region_colour(target, truth), "the object did not take the target colour"
     assert true_background_psnr(source, edited, truth, dilate=2) >= 30.0
