@@ -95,6 +95,11 @@ def test_edit_click_a_patch_and_screenshot_every_page(server, browser_page):
     before = page.get_by_text("strongest neighbours").first.inner_text()
     box = page.get_by_test_id("stPlotlyChart").first.locator(".nsewdrag").first.bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.2)  # a patch near the top left
+    # The rerun the click triggers may not have started yet on a busy machine: wait for the caption to change.
+    deadline, after = time.time() + 60, before
+    while after == before and time.time() < deadline:
+        time.sleep(0.5)
+        after = page.get_by_text("strongest neighbours").first.inner_text()
     settle(page)
     after = page.get_by_text("strongest neighbours").first.inner_text()
     assert after != before and "Patch" in after
