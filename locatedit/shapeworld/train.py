@@ -579,8 +579,9 @@ def extract_ip_adapter(unet) -> dict[str, dict]:
 
 
 def export(cfg: TrainConfig, vae, scaling_factor: float, text_encoder, unet, clip, ip_weights, tokenizer,
-           steps: dict | None = None, latent_clip_range: float = 1.0) -> Path:
-    """Write the diffusers layout: the SD pipeline folders, plus clip/ and ip_adapter/ beside them."""
+           steps: dict | None = None, latent_clip_range: float = 1.0, provenance: str = "") -> Path:
+    """Write the diffusers layout: the SD pipeline folders, plus clip/ and ip_adapter/ beside them; ``provenance``
+    is a line for the model card."""
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import save_file
     from transformers import CLIPImageProcessor
@@ -632,7 +633,7 @@ def export(cfg: TrainConfig, vae, scaling_factor: float, text_encoder, unet, cli
     }
     (out / "locatedit.json").write_text(json.dumps(info, indent=2))
     (out / "README.md").write_text(MODEL_CARD.format(name=cfg.name, steps=json.dumps(steps or {}),
-                                                     sizes=json.dumps(cfg.sizes.to_dict())))
+                                                     sizes=json.dumps(cfg.sizes.to_dict()), provenance=provenance))
     return out
 
 
@@ -648,8 +649,9 @@ IP-Adapter) trained by `python -m locatedit.shapeworld train` on ShapeWorld scen
   the ground-truth object masks, so each object word's cross-attention falls on its object and each background word's
   on the background; self-attention is never supervised) -> binding (the text encoder's causal layer, an identity
   until then, is switched on so a noun can carry its adjectives; offset noise 0.1 so the mean colour comes from the
-  caption; token loss kept) -> IP-Adapter against the frozen UNet (50 % caption dropout, 10 % zeroed image
-  embeddings, offset noise).
+  caption; token loss kept) -> coverage (TokenCompose's pixel loss added, so a word's map covers its whole region
+  rather than peaking at its centre) -> IP-Adapter against the frozen UNet (50 % caption dropout, 10 % zeroed image
+  embeddings, offset noise).{provenance}
 - Quality gates: `python benchmarks/bench_shapeworld.py`; loss logs and curves in `training/`.
 """
 
@@ -675,14 +677,19 @@ def train(cfg: TrainConfig) -> Path:
                                         grounding if DENOISER_STAGES[name].grounded else None)
     ip_weights = train_ip_adapter(cfg, data, latents, tokenizer, unet, text_encoder, clip)
     stages = ["vae", "clip", *denoisers, "ip_adapter"]
-    steps = {s: Stage(cfg.work, s).info().get("steps") for s in stages}
+    infos = {s: Stage(cfg.work, s).info() for s in stages}
+    imported = {s: info["imported_from"] for s, info in infos.items() if "imported_from" in info}
+    steps = {s: info.get("steps") for s, info in infos.items()}
+    provenance = (f"\n- Stages {', '.join(imported)} were imported (`--from-export`) from an earlier export at "
+                  f"{', '.join(sorted(set(imported.values())))}; the later ones were trained on top of them."
+                  if imported else "")
     # The clamp range of x0-predictions: the largest scaled training latent, so the source branch (whose
     # x0-prediction is the true x_0) is never clipped. SD 1.5's own range is the reference's 1.
     clip_range = math.ceil(10 * float(latents["mean"].float().abs().max()) * latents["scaling_factor"]) / 10
     # A fresh tokenizer: batched training calls leave fixed padding set in the fast tokenizer's state, which
     # save_pretrained would write out (and every later un-padded call would come back padded).
     out = export(cfg, vae, latents["scaling_factor"], text_encoder, unet, clip, ip_weights, build_tokenizer(), steps,
-                 clip_range)
+                 clip_range, provenance)
     write_curves(cfg.work)
     # The logs and curves travel with the weights, so the model folder says how it was made.
     (out / "training").mkdir(exist_ok=True)
