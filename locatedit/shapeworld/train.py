@@ -226,6 +226,15 @@ class CrossAttentionTaps:
         return probs
 
 
+def _per_token(probs: torch.Tensor, regions: torch.Tensor, owners: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's maps and targets per token, both (B, T, Q): its attention over the image, and the area fraction
+    of the region each token describes, pooled to the layer's resolution."""
+    side = math.isqrt(probs.shape[1])
+    pooled = F.adaptive_avg_pool2d(regions, side).flatten(2)  # (B, R, Q)
+    index = owners.clamp(min=0)[..., None].expand(-1, -1, pooled.shape[-1])
+    return probs.transpose(1, 2), torch.gather(pooled, 1, index)
+
+
 def token_grounding_loss(maps: list[torch.Tensor], regions: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
     """TokenCompose's L_token: mean over layers and supervised tokens of (1 - attention mass inside the region)^2.
 
@@ -236,11 +245,7 @@ def token_grounding_loss(maps: list[torch.Tensor], regions: torch.Tensor, owners
         return torch.zeros(())
     losses = []
     for probs in maps:
-        side = math.isqrt(probs.shape[1])
-        pooled = F.adaptive_avg_pool2d(regions, side).flatten(2)  # (B, R, Q)
-        index = owners.clamp(min=0)[..., None].expand(-1, -1, pooled.shape[-1])
-        target = torch.gather(pooled, 1, index)  # (B, T, Q)
-        attention = probs.transpose(1, 2)  # (B, T, Q)
+        attention, target = _per_token(probs, regions, owners)
         inside = (attention * target).sum(-1) / attention.sum(-1).clamp_min(1e-8)
         losses.append((1 - inside).pow(2)[supervised].mean())
     return torch.stack(losses).mean()
@@ -256,11 +261,7 @@ def pixel_grounding_loss(maps: list[torch.Tensor], regions: torch.Tensor, owners
         return torch.zeros(())
     losses = []
     for probs in maps:
-        side = math.isqrt(probs.shape[1])
-        pooled = F.adaptive_avg_pool2d(regions, side).flatten(2)
-        index = owners.clamp(min=0)[..., None].expand(-1, -1, pooled.shape[-1])
-        target = torch.gather(pooled, 1, index)  # (B, T, Q)
-        attention = probs.transpose(1, 2)
+        attention, target = _per_token(probs, regions, owners)
         low, high = attention.amin(-1, keepdim=True), attention.amax(-1, keepdim=True)
         normalised = ((attention - low) / (high - low).clamp_min(1e-8)).clamp(1e-4, 1 - 1e-4)
         bce = F.binary_cross_entropy(normalised, target, reduction="none").mean(-1)
