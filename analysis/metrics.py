@@ -97,13 +97,17 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
 
 def region_colour(image, region: np.ndarray) -> str:
-    """ShapeWorld: the palette colour nearest to the median colour of a region (robust to pattern tones)."""
-    from locatedit.shapeworld.world import COLOURS
+    """ShapeWorld: the colour most of a region's pixels belong to (``nearest_colours``). A pattern's second tone
+    votes for its own colour, so a striped yellow object is yellow; the median of its pixels, half of them dark
+    yellow, was often nearest to green."""
+    from locatedit.shapeworld.world import COLOURS, nearest_colours
 
-    pixels = np.asarray(image, dtype=np.float64)[np.asarray(region, bool)]
-    median = np.median(pixels, axis=0) * (255.0 if pixels.max() <= 1.0 else 1.0)
-    names = list(COLOURS)
-    return names[int(((np.array(list(COLOURS.values())) - median) ** 2).sum(1).argmin())]
+    pixels = np.asarray(image)[np.asarray(region, bool)]
+    if pixels.dtype != np.uint8:
+        raise TypeError(f"region_colour needs a uint8 RGB image, got {pixels.dtype}")
+    if len(pixels) == 0:
+        raise ValueError("region_colour got an empty region")
+    return list(COLOURS)[int(np.bincount(nearest_colours(pixels)).argmax())]
 
 
 def clip_score(clip, processor, tokenizer, image, prompt: str, mask: np.ndarray | None = None) -> float:

@@ -26,16 +26,15 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
+from analysis.metrics import region_colour  # noqa: E402
 from locatedit.attention import CROSS, SELF, layer_resolutions  # noqa: E402
 from locatedit.embeddings import image_features, text_features  # noqa: E402
 from locatedit.loading import load_model  # noqa: E402
-from locatedit.shapeworld.world import COLOURS, SHAPES, render, sample_scene  # noqa: E402
+from locatedit.shapeworld.world import SHAPES, render, sample_scene  # noqa: E402
 from shape_classifier import detect_object, silhouette_features, train_shape_classifier  # noqa: E402
 
 HELD_OUT_SEED = 10_000
 MASK_THRESHOLD = 0.2204  # the reference's blend threshold on the min-max-normalised map
-PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)
-NAMES = list(COLOURS)
 GATE_GROUPS = ("vae", "generation", "attention", "clip", "ip", "speed")
 
 
@@ -43,16 +42,10 @@ def to_tensor(images: np.ndarray, device) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
 
 
-def nearest_colour(rgb: np.ndarray) -> str:
-    return NAMES[int(((PALETTE - rgb) ** 2).sum(1).argmin())]
-
-
 def object_colour(image: np.ndarray) -> str | None:
+    """The colour of the detected object (``region_colour``: each pixel votes for its nearest world tone's colour)."""
     region = detect_object(image)
-    if region.sum() < 12:
-        return None
-    # The median resists pattern tones inside the object (stripes, dots take the minority of pixels).
-    return nearest_colour(np.median(image[region].astype(np.float32), axis=0))
+    return region_colour(image, region) if region.sum() >= 12 else None
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -150,9 +143,8 @@ def gate_attention(model, scenes, timesteps=(200, 500, 800), k=8) -> dict:
 
 
 def background_colour(image: np.ndarray) -> str:
-    """Nearest palette colour of the median pixel outside the (dilated) detected object."""
-    outside = ~ndimage.binary_dilation(detect_object(image), iterations=2)
-    return nearest_colour(np.median(image[outside].astype(np.float32), axis=0))
+    """The colour of the pixels outside the (dilated) detected object."""
+    return region_colour(image, ~ndimage.binary_dilation(detect_object(image), iterations=2))
 
 
 def _tally(table: dict, colour: str, hit: bool) -> None:

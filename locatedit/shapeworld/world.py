@@ -84,11 +84,22 @@ class Scene:
         raise KeyError(f"no {shape} in scene '{self.caption}'")
 
 
-def _shade(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+def shade(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     """The second tone of a pattern: darker, or lighter for very dark colours."""
     if sum(rgb) < 200:
         return tuple(min(255, c + 90) for c in rgb)  # type: ignore[return-value]
     return tuple(int(c * 0.55) for c in rgb)  # type: ignore[return-value]
+
+
+def nearest_colours(image: np.ndarray) -> np.ndarray:
+    """(H, W) index into ``COLOURS`` of each pixel's colour: the colour whose tone line passes nearest, the line
+    running from the colour to its pattern shade, along which patterns and anti-aliased edges blend (a blend of
+    yellow and dark yellow is nearer to orange than to either tone)."""
+    pixels = np.asarray(image, dtype=np.float32)[..., None, :]
+    start = np.array(list(COLOURS.values()), dtype=np.float32)
+    direction = np.array([shade(c) for c in COLOURS.values()], dtype=np.float32) - start
+    along = np.clip(((pixels - start) * direction).sum(-1) / (direction**2).sum(-1), 0, 1)
+    return ((pixels - start - along[..., None] * direction) ** 2).sum(-1).argmin(-1)
 
 
 @functools.lru_cache(maxsize=16)
@@ -151,12 +162,12 @@ def render(scene: Scene, size: int = IMAGE_SIZE) -> tuple[np.ndarray, list[np.nd
     bg = np.array(COLOURS[scene.background], dtype=np.float32)
     canvas = np.empty((big, big, 3), dtype=np.float32)
     canvas[:] = bg
-    canvas[_pattern_mask(scene.background_pattern, big)] = _shade(COLOURS[scene.background])
+    canvas[_pattern_mask(scene.background_pattern, big)] = shade(COLOURS[scene.background])
     masks = []
     for obj in scene.objects:
         cover = _object_coverage(obj, big)
         colour = np.array(COLOURS[obj.colour], dtype=np.float32)
-        second = np.array(_shade(COLOURS[obj.colour]), dtype=np.float32)
+        second = np.array(shade(COLOURS[obj.colour]), dtype=np.float32)
         texture = np.where(_pattern_mask(obj.pattern, big)[..., None], second, colour)
         canvas[cover] = texture[cover]
         masks.append(box_downsample(cover.astype(np.float32)) >= 0.5)
