@@ -3,7 +3,9 @@
 - over-smoothing: the final mask is much smaller than the cross-attention's own support, or the edit vanished
   (the edited image barely differs from the reconstruction inside the mask);
 - background drift: the edited image changes outside the (dilated) mask;
-- structure loss: the edges inside the mask no longer follow the source's edges.
+- structure loss: the edges inside the mask no longer follow the source's edges;
+- target-word spill: much of the final mask comes from the target word's map alone (the union of source- and
+  target-word masks keeps it), e.g. "white square" lighting a white triangle beside the black square being edited.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ THRESHOLDS = {
     "edit_strength": 0.03,  # over-smoothing: mean |edited - reconstruction| inside the mask below this
     "background_change": 0.04,  # background drift: mean |edited - source| outside the dilated mask above this
     "structure_change": 0.5,  # structure loss: 1 - corr(edge maps of source and edited) inside the mask above this
+    "target_only_share": 0.3,  # target-word spill: share of the final mask outside the source word's mask above this
 }
 
 
@@ -36,7 +39,8 @@ def signatures(run, thresholds: dict[str, float] | None = None) -> dict[str, flo
     final = masks[-1, 1]
     out: dict[str, float | bool] = {}
     if not final.any():
-        return {"no_mask": True, "over_smoothing": False, "background_drift": False, "structure_loss": False}
+        return {"no_mask": True, "over_smoothing": False, "background_drift": False, "structure_loss": False,
+                "target_word_spill": False}
     m0 = run.arrays["m0"][run.solve_steps].mean(0)  # mean cross-attention over the solve steps
     side = int(round(np.sqrt(m0.shape[-1])))
     span = np.ptp(m0, axis=-1, keepdims=True)
@@ -55,5 +59,10 @@ def signatures(run, thresholds: dict[str, float] | None = None) -> dict[str, flo
     else:
         out["structure_change"] = 0.0 if e_src.std() <= 1e-9 and e_edit.std() <= 1e-9 else 1.0
     out["structure_loss"] = bool(out["structure_change"] > t["structure_change"])
+    # Mask row 0 is the source word's own mask, row 1 the union with the target word's. Without a source-word mask
+    # (adding an object: the word is new) there is nothing to spill beyond.
+    source_mask = masks[-1, 0]
+    out["target_only_share"] = float((final & ~source_mask).sum() / final.sum()) if source_mask.any() else float("nan")
+    out["target_word_spill"] = bool(out["target_only_share"] > t["target_only_share"])
     out["no_mask"] = False
     return out

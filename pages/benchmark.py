@@ -31,7 +31,7 @@ table = pd.read_csv(path, dtype={"key": str})
 add_roots([Path(folder) / "runs" / method for method in table.method.unique()])
 st.subheader("Summary (mean over items, NaN skipped)")
 st.dataframe(summary_table(table).round(3), hide_index=True, key="bench_summary")
-signatures = [c for c in table if c.startswith("fail_")]
+signatures = [c for c in table if c.startswith("fail_") and table[c].dtype == bool]  # the flags, not their scores
 cols = st.columns(3)
 methods = cols[0].multiselect("methods", sorted(table.method.unique()), sorted(table.method.unique()),
                               key="bench_methods")

@@ -7,7 +7,7 @@ from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structu
 
 from analysis import ablation, failures, graph_checks, metrics, solvers, spectrum
 from locatedit.pipeline import EditParams, EditResult
-from locatedit.run import save_run
+from locatedit.run import Run, save_run
 from locatedit.synthetic import casa_case
 
 STEPS = 6
@@ -142,6 +142,25 @@ def test_failure_signatures_flag_background_drift(tmp_path):
     drifted[:, :8] = 255 - drifted[:, :8]  # change a band far from the object
     Image.fromarray(drifted).save(run.path / "edited.png")
     assert failures.signatures(run)["background_drift"]
+
+
+def test_failure_signatures_flag_a_target_word_mask_beyond_the_source_words(tmp_path):
+    run, case = synthetic_run(tmp_path)
+    calm = failures.signatures(run)
+    assert calm["target_only_share"] == 0.0 and not calm["target_word_spill"]
+    arrays = dict(run.arrays)
+    masks = arrays["mask"].copy()
+    masks[:, 1, :, :4] = True  # the target word's mask also takes a band the source word's never had
+    arrays["mask"] = masks
+    np.savez(run.path / "arrays.npz", **arrays)
+    spilled = failures.signatures(Run.load(run.path))
+    expected = (masks[-1, 1] & ~masks[-1, 0]).sum() / masks[-1, 1].sum()
+    assert spilled["target_only_share"] == pytest.approx(expected) and spilled["target_word_spill"]
+    masks[:, 0] = False  # no source-word mask (adding an object): nothing to spill beyond
+    arrays["mask"] = masks
+    np.savez(run.path / "arrays.npz", **arrays)
+    added = failures.signatures(Run.load(run.path))
+    assert np.isnan(added["target_only_share"]) and not added["target_word_spill"]
 
 
 def test_clip_score_prefers_the_right_caption_with_a_trained_clip():
