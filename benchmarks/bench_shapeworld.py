@@ -43,7 +43,7 @@ def to_tensor(images: np.ndarray, device) -> torch.Tensor:
 
 
 def object_colour(image: np.ndarray) -> str | None:
-    """The colour of the detected object (``region_colour``: each pixel votes for its nearest world tone's colour)."""
+    """The colour of the detected object (``region_colour``: each pixel votes for the colour of its nearest tone line)."""
     region = detect_object(image)
     return region_colour(image, region) if region.sum() >= 12 else None
 

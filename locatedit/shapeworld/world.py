@@ -91,15 +91,17 @@ def shade(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     return tuple(int(c * 0.55) for c in rgb)  # type: ignore[return-value]
 
 
+# Each colour's tone line: from the colour to its pattern shade, along which patterns and anti-aliased edges blend.
+_TONE_START = np.array(list(COLOURS.values()), dtype=np.float32)
+_TONE_DIRECTION = np.array([shade(c) for c in COLOURS.values()], dtype=np.float32) - _TONE_START
+
+
 def nearest_colours(image: np.ndarray) -> np.ndarray:
-    """(H, W) index into ``COLOURS`` of each pixel's colour: the colour whose tone line passes nearest, the line
-    running from the colour to its pattern shade, along which patterns and anti-aliased edges blend (a blend of
-    yellow and dark yellow is nearer to orange than to either tone)."""
+    """(H, W) index into ``COLOURS`` of each pixel's colour: the colour whose tone line passes nearest (a blend of
+    yellow and dark yellow is nearer to orange than to either tone, but on yellow's line)."""
     pixels = np.asarray(image, dtype=np.float32)[..., None, :]
-    start = np.array(list(COLOURS.values()), dtype=np.float32)
-    direction = np.array([shade(c) for c in COLOURS.values()], dtype=np.float32) - start
-    along = np.clip(((pixels - start) * direction).sum(-1) / (direction**2).sum(-1), 0, 1)
-    return ((pixels - start - along[..., None] * direction) ** 2).sum(-1).argmin(-1)
+    along = np.clip(((pixels - _TONE_START) * _TONE_DIRECTION).sum(-1) / (_TONE_DIRECTION**2).sum(-1), 0, 1)
+    return ((pixels - _TONE_START - along[..., None] * _TONE_DIRECTION) ** 2).sum(-1).argmin(-1)
 
 
 @functools.lru_cache(maxsize=16)
