@@ -42,9 +42,10 @@ def to_tensor(images: np.ndarray, device) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
 
 
-def object_colour(image: np.ndarray) -> str | None:
-    """The colour of the detected object (``region_colour``: each pixel votes for the colour of its nearest tone line)."""
-    region = detect_object(image)
+def object_colour(image: np.ndarray, region: np.ndarray | None = None) -> str | None:
+    """The colour of the detected object (``region_colour``: each pixel votes for the colour of its nearest tone line);
+    ``region``: the object already detected in this image."""
+    region = detect_object(image) if region is None else region
     return region_colour(image, region) if region.sum() >= 12 else None
 
 
@@ -142,9 +143,10 @@ def gate_attention(model, scenes, timesteps=(200, 500, 800), k=8) -> dict:
     return {"per_t": per_t, "sheet": sheet_rows}
 
 
-def background_colour(image: np.ndarray) -> str:
-    """The colour of the pixels outside the (dilated) detected object."""
-    return region_colour(image, ~ndimage.binary_dilation(detect_object(image), iterations=2))
+def background_colour(image: np.ndarray, region: np.ndarray | None = None) -> str:
+    """The colour of the pixels outside the (dilated) detected object (``region``, if already detected)."""
+    region = detect_object(image) if region is None else region
+    return region_colour(image, ~ndimage.binary_dilation(region, iterations=2))
 
 
 def _tally(table: dict, colour: str, hit: bool) -> None:
@@ -166,12 +168,12 @@ def gate_generation(model, scenes, clf, seed=0) -> dict:
         gen = generate(model, scene.caption, seed=seed + i, steps=50, guidance=5.0)
         image = np.asarray(gen.image)
         obj = scene.objects[0]
-        colour_ok.append(object_colour(image) == obj.colour)
+        region = detect_object(image)
+        colour_ok.append(object_colour(image, region) == obj.colour)
         _tally(by_object_colour, obj.colour, colour_ok[-1])
         if scene.background_pattern is None:
-            background_ok.append(background_colour(image) == scene.background)
+            background_ok.append(background_colour(image, region) == scene.background)
             _tally(by_background_colour, scene.background, background_ok[-1])
-        region = detect_object(image)
         shape = SHAPES[int(clf.predict(silhouette_features(region)[None])[0])] if region.sum() >= 12 else None
         shape_ok.append(shape == obj.shape)
         samples.append(image)
