@@ -31,6 +31,7 @@ METHODS: dict[str, dict] = {
     "vimaedit_smoothing": {"solver": "vimaedit"},
     "p2p_localblend": {"mask_source": "localblend"},
     "no_pruning": {"keep_percent": 100.0},
+    "source_word_mask": {"target_mask": "source"},
 }
 # Paper table columns and their reporting scale (§c).
 SCALES = {"clip_whole": 1.0, "clip_edited": 1.0, "bg_psnr": 1.0, "bg_mse": 1e4, "bg_ssim": 1e2, "mask_iou_gt": 1.0, "target_psnr": 1.0, "bg_psnr_true": 1.0,

@@ -41,7 +41,9 @@ def signatures(run, thresholds: dict[str, float] | None = None) -> dict[str, flo
     if not final.any():
         return {"no_mask": True, "over_smoothing": False, "background_drift": False, "structure_loss": False,
                 "target_word_spill": False}
-    m0 = run.arrays["m0"][run.solve_steps].mean(0)  # mean cross-attention over the solve steps
+    # Mean cross-attention over the steps that solved for a mask; P2P LocalBlend never solves, so over every step.
+    steps = run.solve_steps if len(run.solve_steps) else slice(None)
+    m0 = run.arrays["m0"][steps].mean(0)
     side = int(round(np.sqrt(m0.shape[-1])))
     span = np.ptp(m0, axis=-1, keepdims=True)
     norm = np.where(span > 0, (m0 - m0.min(-1, keepdims=True)) / np.where(span > 0, span, 1), 0)

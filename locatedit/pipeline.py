@@ -51,6 +51,10 @@ class EditParams:
     topk: int | None = None
     warm_start: bool = True
     mask_source: str = "casa"  # "casa" (graph-refined, summed over steps) or "localblend" (P2P LocalBlend)
+    # Where the target row blends: "union" of the source and target words' masks (the reference) or the "source"
+    # word's mask alone (keeps a target word's map off other objects that already look like the target; an ablation,
+    # and no use for adding an object, whose word is new).
+    target_mask: str = "union"
     blend_threshold: float = 0.2204
     noise_threshold: float = 0.5
     localblend_threshold: float = 0.3
@@ -72,6 +76,7 @@ class EditParams:
             (self.lam >= 0, "lam (λ) must be non-negative"),
             (self.solver in graph.SOLVERS, f"unknown solver '{self.solver}'; choose one of {sorted(graph.SOLVERS)}"),
             (self.mask_source in ("casa", "localblend"), "mask_source must be 'casa' or 'localblend'"),
+            (self.target_mask in ("union", "source"), "target_mask must be 'union' or 'source'"),
             (self.noise in ("uniform", "masked"), "noise must be 'uniform' or 'masked'"),
             (self.store_self_attention in ("mean", "per_step"), "store_self_attention must be 'mean' or 'per_step'"),
             (0 <= self.start_blend < 1, "start_blend must lie in [0, 1)"),
@@ -186,9 +191,10 @@ def _minmax_mask(summed: torch.Tensor, size: int, threshold: float) -> torch.Ten
     return norm > threshold
 
 
-def _union(mask: torch.Tensor) -> torch.Tensor:
-    """Row 0 keeps the source-word mask; the target row becomes source | target (the reference's mask[:1] + mask)."""
-    return torch.stack([mask[0], mask[0] | mask[1]])
+def _target_row(mask: torch.Tensor, target_mask: str) -> torch.Tensor:
+    """Row 0 keeps the source-word mask; the target row becomes source | target (the reference's mask[:1] + mask)
+    or, with ``target_mask="source"``, the source word's mask alone."""
+    return torch.stack([mask[0], mask[0] | mask[1] if target_mask == "union" else mask[0]])
 
 
 def _upsample_nearest(m: torch.Tensor, size: int) -> torch.Tensor:
@@ -335,14 +341,15 @@ def locatedit_edit(
                 rec["m_star"][i] = m_star.cpu().numpy()
                 rec["solver_iterations"][i], rec["solver_residual"][i] = result.iterations, result.residual
                 rec["solver_seconds"][i] = result.seconds
-                blend_mask = _union(_minmax_mask(map_sum, latent_size, params.blend_threshold))
-                noise_mask = _union(_minmax_mask(map_sum, latent_size, params.noise_threshold))
+                blend_mask = _target_row(_minmax_mask(map_sum, latent_size, params.blend_threshold), params.target_mask)
+                noise_mask = _target_row(_minmax_mask(map_sum, latent_size, params.noise_threshold), params.target_mask)
             else:  # P2P LocalBlend: running mean of the raw maps, 3x3 max-pool, divide by the max, threshold
                 mean = (localblend_sum / (i + 1)).reshape(2, 1, r, r)
                 pooled = F.max_pool2d(mean, 3, stride=1, padding=1)
                 up = F.interpolate(pooled, size=(latent_size, latent_size), mode="nearest")
                 peak = up.amax(dim=(1, 2, 3), keepdim=True)
-                blend_mask = _union(torch.where(peak > 0, up / peak.clamp_min(1e-12), up) > params.localblend_threshold)
+                blend_mask = _target_row(torch.where(peak > 0, up / peak.clamp_min(1e-12), up) > params.localblend_threshold,
+                                         params.target_mask)
                 noise_mask = blend_mask
             rec["mask"][i] = blend_mask[:, 0].cpu().numpy()
             casa_seconds += time.perf_counter() - tick

@@ -150,6 +150,17 @@ def test_maps_after_p2p_carry_the_equalizer(tiny, image):
     assert np.allclose(after.arrays["m0"][2], before.arrays["m0"][2], rtol=1e-4)  # outside the window: the same
 
 
+def test_target_mask_switch_picks_the_blend_region(tiny, image):
+    union = locatedit_edit(tiny, image, SRC, TGT, ("circle", "square"), EditParams(steps=6))
+    source = locatedit_edit(tiny, image, SRC, TGT, ("circle", "square"), EditParams(steps=6, target_mask="source"))
+    first = EditParams(steps=6).start_step
+    u, s = union.arrays["mask"][first:], source.arrays["mask"][first:]
+    assert np.array_equal(u[0, 0], s[0, 0])  # the same trajectory until the first blend
+    assert (u[:, 1] >= u[:, 0]).all() and np.array_equal(s[:, 1], s[:, 0])
+    with pytest.raises(ValueError, match="target_mask"):
+        EditParams(target_mask="target")
+
+
 def test_no_blend_words_means_no_mask_and_no_blending(tiny, image):
     res = locatedit_edit(tiny, image, SRC, TGT, None, EditParams(steps=4))
     assert not res.arrays["mask"].any() and np.isnan(res.arrays["m_star"]).all()
