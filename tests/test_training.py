@@ -23,14 +23,16 @@ from locatedit.shapeworld.world import render, sample_scene
 def test_smoke_training_exports_a_loadable_model_and_resumes(tmp_path):
     work, out = tmp_path / "work", tmp_path / "model"
     assert train_main(["train", "--smoke", "--work", str(work), "--out", str(out)]) == 0
-    for stage in ("vae", "clip", "unet", "grounding", "binding", "coverage", "ip_adapter", "latents"):
+    for stage in ("vae", "clip", "unet", "grounding", "binding", "coverage", "polish", "ip_adapter", "latents"):
         assert (work / stage / "done.json").exists()
     assert "token_loss" in (work / "grounding" / "log.jsonl").read_text()
     assert "token_loss" in (work / "binding" / "log.jsonl").read_text()
     assert "pixel_loss" in (work / "coverage" / "log.jsonl").read_text()
+    assert "pixel_loss" in (work / "polish" / "log.jsonl").read_text()
     assert (out / "training" / "grounding.jsonl").exists() and (out / "training" / "curves.html").exists()
     info = json.loads((out / "locatedit.json").read_text())
-    assert set(info["steps"]) == {"vae", "clip", "unet", "grounding", "binding", "coverage", "ip_adapter"}
+    assert set(info["steps"]) == {"vae", "clip", "unet", "grounding", "binding", "coverage", "polish",
+                                  "ip_adapter"}
     assert info["graph_resolution"] == 16 and info["mask_resolution"] == 8 and "circle" in info["vocabulary"]
     assert (work / "curves.html").exists()
     model = load_model(str(out), device="cpu")
@@ -151,3 +153,20 @@ def test_pixel_grounding_loss_prefers_covering_the_whole_object_to_a_central_pea
     assert pixel_grounding_loss(maps_with(covering), regions, owners) < 0.01
     assert pixel_grounding_loss(maps_with(peak), regions, owners) > 0.5
     assert pixel_grounding_loss(maps_with(covering), regions, torch.full((1, 3), -1)) == 0
+
+
+def test_new_ip_adapter_starts_from_the_text_key_value_weights():
+    from locatedit.shapeworld.models import cross_attention_layers, make_unet, new_ip_adapter_state_dict
+    from locatedit.shapeworld.train import TINY_LADDERS
+
+    unet = make_unet(TINY_LADDERS["sd15"])
+    state = new_ip_adapter_state_dict(unet, embed_dim=32, seed=3)
+    modules = dict(unet.named_modules())
+    layers = cross_attention_layers(unet)
+    assert len(state["ip_adapter"]) == 2 * len(layers)
+    for k, name in enumerate(layers):
+        attention = modules[name.removesuffix(".processor")]
+        assert torch.equal(state["ip_adapter"][f"{2 * k + 1}.to_k_ip.weight"], attention.to_k.weight)
+        assert torch.equal(state["ip_adapter"][f"{2 * k + 1}.to_v_ip.weight"], attention.to_v.weight)
+    again = new_ip_adapter_state_dict(unet, embed_dim=32, seed=3)["image_proj"]
+    assert all(torch.equal(again[key], value) for key, value in state["image_proj"].items())  # seeded projection

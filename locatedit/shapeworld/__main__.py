@@ -8,6 +8,8 @@ from pathlib import Path
 
 from locatedit.runtime import configure_threads
 
+TRAINED_STAGES = ("vae", "clip", "unet", "grounding", "binding", "coverage", "polish", "ip")  # --<stage>-steps flags
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m locatedit.shapeworld", description=__doc__)
@@ -20,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--from-export", type=Path, default=None, metavar="MODEL_DIR",
                        help="start an empty --work folder from an exported model (the stages it was trained with "
                             "count as done) and train only the later stages")
-    for stage in ("vae", "clip", "unet", "grounding", "binding", "coverage", "ip"):
+    for stage in TRAINED_STAGES:
         train.add_argument(f"--{stage}-steps", type=int, default=None)
     train.add_argument("--offset-noise", type=float, default=None,
                        help="std of the per-channel noise offset in the binding and IP-Adapter stages (default 0.1)")
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg.scaled(0.004), n_images=256, clip_batch=32, unet_batch=8, vae_batch=8, ip_batch=8)
     if args.n_images:
         cfg.n_images = args.n_images
-    for stage in ("vae", "clip", "unet", "grounding", "binding", "coverage", "ip"):
+    for stage in TRAINED_STAGES:
         if (steps := getattr(args, f"{stage}_steps")) is not None:
             setattr(cfg, f"{stage}_steps", steps)
     if args.from_export is not None:

@@ -163,17 +163,23 @@ def cross_attention_layers(unet: UNet2DConditionModel) -> list[str]:
 
 
 def new_ip_adapter_state_dict(unet: UNet2DConditionModel, embed_dim: int, seed: int = 0) -> dict[str, dict]:
-    """A freshly initialised IP-Adapter in the layout ``load_ip_adapter`` reads (image_proj + ip_adapter.{k})."""
-    generator = torch.Generator().manual_seed(seed)
-    cross_dim = unet.config.cross_attention_dim
-    projection = ImageProjection(image_embed_dim=embed_dim, cross_attention_dim=cross_dim, num_image_text_embeds=IP_TOKENS)
+    """A fresh IP-Adapter in the layout ``load_ip_adapter`` reads (image_proj + ip_adapter.{k}).
+
+    Each layer's image key/value weights start as a copy of its text key/value weights, as IP-Adapter's own training
+    does: the image tokens then start out read like words, so the adapter only has to learn to project the image
+    embedding into word-like tokens, and the queries that the grounded UNet already points at an object's word can
+    find the image token that describes it. The projection is seeded by ``seed``.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        projection = ImageProjection(image_embed_dim=embed_dim, cross_attention_dim=unet.config.cross_attention_dim,
+                                     num_image_text_embeds=IP_TOKENS)
     ip_layers: dict[str, torch.Tensor] = {}
     modules = dict(unet.named_modules())
     for k, name in enumerate(cross_attention_layers(unet)):
-        hidden = modules[name.removesuffix(".processor")].to_q.out_features
-        for key in ("to_k_ip", "to_v_ip"):
-            weight = torch.randn(hidden, cross_dim, generator=generator) * (cross_dim**-0.5)
-            ip_layers[f"{2 * k + 1}.{key}.weight"] = weight
+        attention = modules[name.removesuffix(".processor")]
+        ip_layers[f"{2 * k + 1}.to_k_ip.weight"] = attention.to_k.weight.detach().clone()
+        ip_layers[f"{2 * k + 1}.to_v_ip.weight"] = attention.to_v.weight.detach().clone()
     # The original IP-Adapter checkpoint names ("proj", "norm"), which the loader converts to diffusers' names.
     image_proj = {k.replace("image_embeds", "proj"): v for k, v in projection.state_dict().items()}
     return {"image_proj": image_proj, "ip_adapter": ip_layers}
