@@ -85,7 +85,7 @@ def object_word_iou(model, t: int, n: int = 16) -> float:
 
 
 def test_object_word_attention_meets_the_gate(model):
-    """Issue 3's goal: mean IoU >= 0.5 over t = 200, 500, 800 (measured 0.67 / 0.59 / 0.38, mean 0.55; before the
+    """Issue 3's goal: mean IoU >= 0.5 over t = 200, 500, 800 (measured 0.68 / 0.61 / 0.42, mean 0.57; before the
     coverage stage 0.42, before grounding 0.17)."""
     assert np.mean([object_word_iou(model, t) for t in (200, 500, 800)]) >= 0.5
 
@@ -102,8 +102,8 @@ def colour_edit(model, seed: int):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_colour_edit_stays_on_the_object_and_keeps_the_background(model, seed):
     """Guard: the object takes the target colour (all three seeds; the model before binding missed seed 2), the
-    background outside the dilated truth is kept (measured 32-41 dB) and the mask sits on the object (IoU 0.42-0.65
-    on these seeds; the model before grounding had 0.16 and 22 dB)."""
+    background outside the dilated truth is kept (measured 32-41 dB) and the mask sits on the object (IoU 0.59 / 0.42
+    / 0.51 on these seeds; the model before grounding had 0.16 and 22 dB)."""
     source, target, truth, edited, mask = colour_edit(model, seed)
     assert region_colour(edited, truth) == region_colour(target, truth), "the object did not take the target colour"
     assert true_background_psnr(source, edited, truth, dilate=2) >= 30.0
@@ -111,10 +111,29 @@ def test_colour_edit_stays_on_the_object_and_keeps_the_background(model, seed):
 
 
 @pytest.mark.gates
+def test_colour_edits_meet_the_pipeline_goals_over_twenty_scenes(model):
+    """Issue 4's goals over 20 generated colour edits (scene seeds 0-19): the object takes the target colour inside
+    the truth, the background outside the dilated truth keeps >= 30 dB, the mask's IoU with the truth >= 0.5, each as
+    a mean (hit rate for the colour). Measured: hit 0.90, 38.9 dB, IoU 0.540; all three in the same edit only 10 of
+    20 (see the line printed with -s, and benchmarks/results/bench_shapeworld_summary.md for the benchmark's 20)."""
+    rows = []
+    for seed in range(20):
+        source, target, truth, edited, mask = colour_edit(model, seed)
+        rows.append((region_colour(edited, truth) == region_colour(target, truth),
+                     true_background_psnr(source, edited, truth, dilate=2), mask_iou(mask, truth)))
+    hit, background, iou = (np.array(column, dtype=float) for column in zip(*rows))
+    every = (hit == 1) & (background >= 30) & (iou >= 0.5)
+    print(f"colour hit {hit.mean():.2f}, true background {background.mean():.1f} dB, mask IoU {iou.mean():.3f}, "
+          f"all three goals in {every.sum()} of 20 (seeds {np.flatnonzero(~every).tolist()} miss one)")
+    assert hit.mean() >= 0.9 and background.mean() >= 30.0 and iou.mean() >= 0.5
+
+
+@pytest.mark.gates
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_colour_edit_meets_the_pipeline_goals(model, seed):
     """Issue 4's goals: the object takes the target colour inside the truth, background >= 30 dB, mask IoU >= 0.5
-    (seeds 0 and 2 meet them; seed 1's mask IoU is 0.42)."""
+    (seeds 0 and 2 meet them; seed 1's mask IoU is 0.42: its star covers 113 pixels, about three 16x16 latent cells
+    across, and the best mask on that grid reaches 0.67)."""
     source, target, truth, edited, mask = colour_edit(model, seed)
     assert region_colour(edited, truth) == region_colour(target, truth), "the object did not take the target colour"
     assert true_background_psnr(source, edited, truth, dilate=2) >= 30.0

@@ -1,0 +1,24 @@
+"""The per-scene goal table of benchmarks/triage_by_scene.py on a hand-made results table."""
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from triage_by_scene import by_scene  # noqa: E402
+
+
+def test_goals_are_counted_per_edit_method_and_scene_kind():
+    mapping = {"000000000001": {"original_prompt": "a red [circle] on a blue background"},
+               "000000000002": {"original_prompt": "a red [circle] and a black star on a blue background"},
+               "000000000003": {"original_prompt": "a red [circle] and a black star on a blue background"},
+               "000000000004": {"original_prompt": "a [blue] background"}}
+    results = pd.DataFrame({
+        "key": ["1", "2", "3", "4"], "method": "locatedit", "editing_type_id": [6, 6, 6, 8],
+        "mask_iou_gt": [0.7, 0.6, 0.49, 0.9], "bg_psnr_true": [40.0, 29.0, 35.0, 12.0],
+        "region_colour_match": [1.0, 1.0, 1.0, 1.0], "fail_target_word_spill": [False, True, False, False]})
+    table = by_scene(results, mapping)
+    assert list(table.index) == [("change_colour", "locatedit", 1), ("change_colour", "locatedit", 2)]  # type 8 out
+    one, two = table.loc[("change_colour", "locatedit", 1)], table.loc[("change_colour", "locatedit", 2)]
+    assert (one["goals_met"], one["items"]) == (1, 1)
+    assert (two["goals_met"], two["items"], two["spill"]) == (0, 2, 0.5)  # 29 dB background; IoU 0.49
