@@ -77,8 +77,8 @@ class TrainConfig:
     coverage_lr: float = 2e-4
     pixel_weight: float = 0.05
     # Then the same objective again with a fresh warm-up and decay: 1500 coverage steps left object colour at 80 % of
-    # generated samples; 3000 more took it to 87 % (benchmarks/results/shapeworld_gates.md). A stage of its own, so an
-    # exported model can be polished further (``--from-export``) without re-running the hours before it.
+    # generated samples, 6000 polish steps took it to 98 % (benchmarks/results/shapeworld_gates.md). A stage of its
+    # own, so an exported model can be polished (``--from-export``) without re-running the hours before it.
     polish_steps: int = 6000
     polish_lr: float = 2e-4
     ip_steps: int = 2500
