@@ -145,7 +145,8 @@ def _add_param_flags(parser: argparse.ArgumentParser) -> None:
         elif value is None:
             group.add_argument(flag, type=int, default=None, help="default: %(default)s")
         else:
-            group.add_argument(flag, type=type(value), default=value, help="default: %(default)s")
+            group.add_argument(flag, type=type(value), default=value, choices=EditParams.CHOICES.get(f.name),
+                               help="default: %(default)s")
 
 
 def main(argv: list[str] | None = None) -> int:

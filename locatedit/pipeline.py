@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -34,7 +35,16 @@ MAX_IMAGE_PIXELS = 40_000_000
 
 @dataclass
 class EditParams:
-    """Every knob of an edit; defaults are the reference benchmark script's (§b)."""
+    """Every knob of an edit; defaults are the reference benchmark script's (§b). The text-valued knobs take one of
+    ``EditParams.CHOICES`` (the CLI and the Edit page offer exactly these)."""
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "solver": tuple(sorted(graph.SOLVERS)),
+        "mask_source": ("casa", "localblend"),
+        "target_mask": ("union", "source"),
+        "noise": ("uniform", "masked"),
+        "store_self_attention": ("mean", "per_step"),
+    }
 
     steps: int = 50
     source_guidance: float = 1.0
@@ -71,14 +81,11 @@ class EditParams:
 
     def __post_init__(self) -> None:
         checks = [
+            *((getattr(self, name) in options, f"{name} must be one of {', '.join(options)}, not '{getattr(self, name)}'")
+              for name, options in self.CHOICES.items()),
             (self.steps >= 2, "steps must be at least 2"),
             (0 <= self.keep_percent <= 100, "keep_percent (tau) must lie in [0, 100]"),
             (self.lam >= 0, "lam (λ) must be non-negative"),
-            (self.solver in graph.SOLVERS, f"unknown solver '{self.solver}'; choose one of {sorted(graph.SOLVERS)}"),
-            (self.mask_source in ("casa", "localblend"), "mask_source must be 'casa' or 'localblend'"),
-            (self.target_mask in ("union", "source"), "target_mask must be 'union' or 'source'"),
-            (self.noise in ("uniform", "masked"), "noise must be 'uniform' or 'masked'"),
-            (self.store_self_attention in ("mean", "per_step"), "store_self_attention must be 'mean' or 'per_step'"),
             (0 <= self.start_blend < 1, "start_blend must lie in [0, 1)"),
             (self.steps <= 1000, "steps must be at most 1000 (the noise schedule has 1000 timesteps)"),
             (0 <= self.source_guidance <= 50 and 0 <= self.target_guidance <= 50, "guidance scales must lie in [0, 50]"),

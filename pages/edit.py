@@ -77,7 +77,8 @@ with st.form("edit_form"):
                 text = col.text_input(f"{f.name} (blank = none)", "", key=f"p_{f.name}")
                 values[f.name] = int(text) if text.strip().isdigit() else None
             else:
-                values[f.name] = col.text_input(f.name, default, key=f"p_{f.name}")
+                options = EditParams.CHOICES[f.name]
+                values[f.name] = col.selectbox(f.name, options, index=options.index(default), key=f"p_{f.name}")
     # A callback flag, not the button's return value: it survives a rerun between the click and the script body.
     st.form_submit_button("Run the edit", type="primary", on_click=lambda: st.session_state.update(edit_submit=True))
 

@@ -1,4 +1,5 @@
 """Every dashboard page runs headless (AppTest) on a saved run, shows its key elements, and reacts to widgets."""
+import json
 import os
 from pathlib import Path
 
@@ -138,6 +139,8 @@ def test_edit_page_runs_an_edit_in_the_background_and_saves_it(runs, tmp_path, m
     at = app("pages/edit.py")
     at.selectbox(key="edit_model").select(str(model_dir))
     at.number_input(key="p_steps").set_value(4)
+    assert at.selectbox(key="p_target_mask").options == ["union", "source"]  # text knobs offer only valid values
+    at.selectbox(key="p_target_mask").select("source")
     submit = [b for b in at.button if b.label == "Run the edit"]
     assert submit, [b.label for b in at.button]
     submit[0].click().run()
@@ -150,6 +153,8 @@ def test_edit_page_runs_an_edit_in_the_background_and_saves_it(runs, tmp_path, m
     assert any("Saved run" in s.value for s in at.success)
     run_path = Path(job.run_path)
     assert (run_path / "edited.png").exists() and (run_path / "gt_mask.png").exists()
+    saved = json.loads((run_path / "run.json").read_text())["params"]
+    assert saved["target_mask"] == "source" and saved["steps"] == 4
     assert at.query_params["run"] == [run_path.name] or at.query_params["run"] == run_path.name
 
 

@@ -193,7 +193,7 @@ def test_bad_inputs_get_clear_errors(tiny, image, tmp_path, monkeypatch):
     monkeypatch.setattr("locatedit.pipeline.MAX_IMAGE_PIXELS", 100)
     with pytest.raises(ValueError, match="downscale"):
         prepare_image(image, 64)
-    with pytest.raises(ValueError, match="unknown solver"):
+    with pytest.raises(ValueError, match="solver must be one of .*cg.*, not 'magic'"):
         EditParams(solver="magic")
 
 
@@ -262,3 +262,11 @@ def test_python_entry_point_returns_a_saved_run(tiny, image, tmp_path):
 
     run = LocatEditPipeline(tiny).edit(image, SRC, TGT, "circle square", out=tmp_path / "r", steps=3, lam=0.0)
     assert run.path == tmp_path / "r" and run.params["lam"] == 0.0 and run.image("edited").size == (64, 64)
+
+
+def test_cli_offers_only_valid_text_values(capsys):
+    from locatedit.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["edit", "--shapeworld-edit", "change_colour", "--target-mask", "target", "--out", "unused"])
+    assert "--target-mask: invalid choice: 'target'" in capsys.readouterr().err
