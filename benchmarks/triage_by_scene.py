@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-TYPES = {"1": "change_shape", "6": "change_colour", "7": "change_texture"}  # the edits of an existing object
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from locatedit.shapeworld.world import EDIT_TYPES  # noqa: E402
+
+# The edits of an object that is already there, by PIE-Bench editing_type_id.
+TYPES = {EDIT_TYPES[name]: name for name in ("change_shape", "change_colour", "change_texture")}
 
 
 def by_scene(results: pd.DataFrame, mapping: dict) -> pd.DataFrame:
