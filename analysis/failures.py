@@ -61,8 +61,9 @@ def signatures(run, thresholds: dict[str, float] | None = None) -> dict[str, flo
     else:
         out["structure_change"] = 0.0 if e_src.std() <= 1e-9 and e_edit.std() <= 1e-9 else 1.0
     out["structure_loss"] = bool(out["structure_change"] > t["structure_change"])
-    # Mask row 0 is the source word's own mask, row 1 the union with the target word's. Without a source-word mask
-    # (adding an object: the word is new) there is nothing to spill beyond.
+    # Mask row 0 is the source word's own mask, row 1 the blend region (by default its union with the target word's;
+    # with target_mask="source" the same as row 0, so nothing spills). Without a source-word mask (adding an object:
+    # the word is new) there is nothing to spill beyond.
     source_mask = masks[-1, 0]
     out["target_only_share"] = float((final & ~source_mask).sum() / final.sum()) if source_mask.any() else float("nan")
     out["target_word_spill"] = bool(out["target_only_share"] > t["target_only_share"])

@@ -209,7 +209,7 @@ def gate_ip_adapter(model, scenes, seed=0) -> dict:
         source = Image.fromarray(render(scene)[0])
         gen = generate(model, "", seed=seed + i, steps=50, guidance=5.0, ip_image=source, ip_scale=1.0)
         hits.append(object_colour(np.asarray(gen.image)) == scene.objects[0].colour)
-        blind = generate(model, "", seed=seed + i, steps=50, guidance=5.0, ip_image=source, ip_scale=0.0)
+        blind = generate(model, "", seed=seed + i, steps=50, guidance=5.0)  # adapter scale 0: the image is not used
         chance.append(object_colour(np.asarray(blind.image)) == scene.objects[0].colour)
     return {"ip_colour_acc": float(np.mean(hits)), "ip_colour_acc_without_image": float(np.mean(chance))}
 
