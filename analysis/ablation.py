@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from locatedit import graph
 
-from .metrics import downsample_mask
+from .metrics import downsample_mask, mask_iou, resize_mask
 
 
 @dataclass
@@ -31,11 +31,12 @@ def _minmax(x: np.ndarray) -> np.ndarray:
     return np.where(span > 0, (x - x.min(-1, keepdims=True)) / np.where(span > 0, span, 1), 0.0)
 
 
-def union_mask(map_sum: np.ndarray, threshold: float) -> np.ndarray:
-    """Target-row blend mask at graph resolution: minmax(Map) > threshold, source | target."""
+def union_mask(map_sum: np.ndarray, threshold: float, target_mask: str = "union") -> np.ndarray:
+    """Target-row blend mask at graph resolution: minmax(Map) > threshold, source | target (the reference) or, for
+    a run made with ``target_mask="source"``, the source word's alone."""
     masks = _minmax(map_sum) > threshold
     side = int(round(np.sqrt(map_sum.shape[-1])))
-    return (masks[0] | masks[1]).reshape(side, side)
+    return (masks[0] | masks[1] if target_mask == "union" else masks[0]).reshape(side, side)
 
 
 def resolve(run, lam: float | None = None, alpha: float | None = None, center: float | None = None,
@@ -46,6 +47,7 @@ def resolve(run, lam: float | None = None, alpha: float | None = None, center: f
     alpha = p["alpha"] if alpha is None else alpha
     center = p["center"] if center is None else center
     threshold = p["blend_threshold"] if threshold is None else threshold
+    target_mask = p.get("target_mask", "union")  # runs saved before the switch existed used the union
     arrays = run.arrays
     steps = run.solve_steps
     per_step = arrays.get("self_attention_per_step")
@@ -60,7 +62,7 @@ def resolve(run, lam: float | None = None, alpha: float | None = None, center: f
         total += result.solution
         seconds += result.seconds
         iterations += result.iterations
-    return Resolve(total, union_mask(total, threshold), per_step is not None, seconds, iterations)
+    return Resolve(total, union_mask(total, threshold, target_mask), per_step is not None, seconds, iterations)
 
 
 def spill(map_or_mask: np.ndarray, truth: np.ndarray, dilation: int = 2) -> float:
@@ -73,11 +75,6 @@ def spill(map_or_mask: np.ndarray, truth: np.ndarray, dilation: int = 2) -> floa
         return 0.0
     allowed = ndimage.binary_dilation(truth, iterations=dilation) if dilation else truth
     return float(m[~allowed].sum() / m.sum())
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = (a | b).sum()
-    return float((a & b).sum() / union) if union else float("nan")
 
 
 def sweep(run, lams=(0.0, 0.25, 0.78, 2.0, 5.0), alphas=(2.61,), truth: np.ndarray | None = None,
@@ -96,7 +93,48 @@ def sweep(run, lams=(0.0, 0.25, 0.78, 2.0, 5.0), alphas=(2.61,), truth: np.ndarr
                 gt = np.asarray(truth, bool)
                 small = downsample_mask(gt, side)
                 # spill: share of the blend mask outside the dilated truth; map_spill: the same for the map's mass
-                row |= {"iou": iou(r.mask, small), "spill": spill(r.mask.astype(float), gt),
+                row |= {"iou": mask_iou(r.mask, small), "spill": spill(r.mask.astype(float), gt),
                         "map_spill": spill(target_map, gt)}
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def grid_ceiling(truth: np.ndarray, side: int) -> float:
+    """The best IoU any mask made of whole cells of a side x side grid can reach against a pixel mask.
+
+    For k cells the intersection is largest when they are the k cells the truth covers most, so sweeping k over the
+    cells sorted by coverage finds the exact optimum."""
+    gt = np.asarray(truth, bool)
+    f = gt.shape[0] // side
+    coverage = np.sort(gt.reshape(side, f, side, f).sum((1, 3)).ravel())[::-1].astype(np.float64)  # pixels per cell
+    inter = np.cumsum(coverage)
+    size = f * f * np.arange(1, coverage.size + 1)
+    return float(np.max(inter / (gt.sum() + size - inter)))
+
+
+def mask_limits(run, thresholds: np.ndarray = np.linspace(0.02, 0.98, 49)) -> dict[str, float]:
+    """Where a CASA mask's IoU with the ground truth goes (pixel IoU, as the benchmark's ``mask_iou_gt``):
+
+    - ``mask_iou_grid_ceiling``: the best any mask on the graph's grid could do (the model's resolution);
+    - ``mask_iou_best_threshold`` at ``best_threshold``: the summed refined map at its best threshold, the run's own
+      among those tried (the map's shape, with the threshold's share of the loss taken out);
+    - ``mask_iou_unrefined``: the summed cross-attention m0 at the run's threshold (λ = 0: what the Laplacian added);
+    - ``object_m0_cells``: the truth's area in cells of the cross-attention grid that finds it (m0's own resolution).
+    Empty for runs without ground truth or without CASA solves (P2P LocalBlend)."""
+    truth = run.gt_mask()
+    steps = run.solve_steps
+    if truth is None or not len(steps) or run.params.get("mask_source", "casa") != "casa":
+        return {}
+    p, arrays = run.params, run.arrays
+    target_mask = p.get("target_mask", "union")
+    side = int(round(np.sqrt(arrays["map_sum"].shape[-1])))
+
+    def pixel_iou(map_sum: np.ndarray, threshold: float) -> float:
+        return mask_iou(resize_mask(union_mask(map_sum, threshold, target_mask), truth.shape[0]), truth)
+
+    best = max((pixel_iou(arrays["map_sum"], float(t)), float(t)) for t in [*thresholds, p["blend_threshold"]])
+    return {"mask_iou_grid_ceiling": grid_ceiling(truth, side), "mask_iou_best_threshold": best[0],
+            "best_threshold": best[1],
+            "mask_iou_unrefined": pixel_iou(arrays["m0"][steps].sum(0), p["blend_threshold"]),
+            **({"object_m0_cells": float(truth.mean() * arrays["cross_maps"].shape[-1] ** 2)}
+               if "cross_maps" in arrays else {})}

@@ -22,7 +22,7 @@ from locatedit.piebench import EDITING_TYPES, BenchItem, load_mapping
 from locatedit.pipeline import EditParams
 from locatedit.run import Run, RunError, save_run
 
-from . import failures, metrics
+from . import ablation, failures, metrics
 
 # Method name -> overrides of EditParams: the variants are switches of one pipeline.
 METHODS: dict[str, dict] = {
@@ -83,6 +83,7 @@ def score(run: Run, clip=None) -> dict:
            "editing_type_id": run.meta["bench"]["editing_type_id"], "seconds": run.meta["timings"]["total"]}
     row |= {k: v for k, v in metrics.run_metrics(run, clip).items() if not isinstance(v, str)}
     row |= {f"fail_{k}": v for k, v in failures.signatures(run).items()}
+    row |= ablation.mask_limits(run)
     return row
 
 

@@ -2,9 +2,9 @@
 import numpy as np
 import streamlit as st
 
-from analysis.ablation import resolve, spill, iou
+from analysis.ablation import mask_limits, resolve, spill
 from analysis.figures import heatmap_figure, image_figure, overlay, upscale
-from analysis.metrics import downsample_mask
+from analysis.metrics import mask_iou, resize_mask
 from dashboard.state import intro, pick_run, use_navigation
 from locatedit import graph
 
@@ -37,6 +37,11 @@ def solved(run_id: str, lam, alpha, center, solver, topk, threshold, _run):
     return resolve(_run, lam=lam, alpha=alpha, center=center, solver=solver, topk=topk, threshold=threshold)
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def limits_of(run_id: str, _run) -> dict:
+    return mask_limits(_run)
+
+
 refined = solved(run.id, lam, alpha, center, solver, topk, threshold, run)
 raw = solved(run.id, 0.0, alpha, center, "cg", None, threshold, run)
 source = np.asarray(run.image("source"))
@@ -50,15 +55,25 @@ truth = run.gt_mask()
 if truth is not None:
     panels[3].plotly_chart(image_figure(upscale(overlay(source, truth.astype(float), colour=(40, 200, 80))),
                                         "ground truth"), key="ref_truth")
-    small = downsample_mask(truth, g)
+    raw_iou, refined_iou = (mask_iou(resize_mask(r.mask, truth.shape[0]), truth) for r in (raw, refined))
     m = st.columns(4)
-    m[0].metric("IoU (λ = 0)", f"{iou(raw.mask, small):.3f}")
-    m[1].metric(f"IoU (λ = {lam})", f"{iou(refined.mask, small):.3f}", f"{iou(refined.mask, small) - iou(raw.mask, small):+.3f}")
+    m[0].metric("IoU (λ = 0)", f"{raw_iou:.3f}")
+    m[1].metric(f"IoU (λ = {lam})", f"{refined_iou:.3f}", f"{refined_iou - raw_iou:+.3f}")
     m[2].metric("spill (λ = 0)", f"{spill(raw.mask.astype(float), truth):.3f}",
                 help="share of the mask outside the dilated ground truth")
     m[3].metric(f"spill (λ = {lam})", f"{spill(refined.mask.astype(float), truth):.3f}",
                 f"{spill(refined.mask.astype(float), truth) - spill(raw.mask.astype(float), truth):+.3f}",
                 delta_color="inverse")
+    limits = limits_of(run.id, run)
+    if limits:
+        st.markdown(
+            f"**Where the run's own IoU goes** (its saved mask: {p['blend_threshold']:.4g} threshold, λ = "
+            f"{p['lam']:.3g}): the best mask on the {g}×{g} grid would reach **{limits['mask_iou_grid_ceiling']:.3f}**; "
+            f"its summed map at its best threshold ({limits['best_threshold']:.2f}) "
+            f"**{limits['mask_iou_best_threshold']:.3f}**; without the Laplacian "
+            f"**{limits['mask_iou_unrefined']:.3f}**. A low ceiling is the model's resolution, a gap to the best "
+            "threshold is the threshold, and the rest is the shape of the attention.")
+
     @st.cache_data(show_spinner="Sweeping λ ...")
     def lam_curve(run_id: str, alpha, center, _run):
         from analysis.ablation import sweep

@@ -98,6 +98,48 @@ def test_laplacian_reduces_spill_and_resolve_is_reproducible(tmp_path):
     assert np.array_equal(again.mask, exact.mask)
 
 
+def test_grid_ceiling_is_the_exact_best_over_every_cell_mask():
+    rng = np.random.default_rng(0)
+    truth = np.zeros((12, 12), bool)
+    truth[2:9, 3:7] = True
+    truth[rng.random((12, 12)) < 0.15] = True  # ragged: no whole-cell mask fits it
+    brute = max(metrics.mask_iou(np.kron(np.array([(k >> i) & 1 for i in range(9)], bool).reshape(3, 3),
+                                         np.ones((4, 4), bool)), truth) for k in range(1, 512))
+    assert ablation.grid_ceiling(truth, 3) == pytest.approx(brute)
+    assert ablation.grid_ceiling(np.kron(np.eye(4, dtype=bool), np.ones((4, 4), bool)), 4) == 1.0
+    one_pixel = np.zeros((16, 16), bool)
+    one_pixel[5, 5] = True
+    assert ablation.grid_ceiling(one_pixel, 4) == pytest.approx(1 / 16)
+
+
+def test_mask_limits_split_a_runs_iou(tmp_path):
+    run, case = synthetic_run(tmp_path)
+    arrays = dict(run.arrays)
+    arrays["map_sum"] = ablation.resolve(run).map_sum.astype(np.float32)
+    arrays["mask"] = arrays["mask"].copy()
+    arrays["mask"][-1, 1] = ablation.union_mask(arrays["map_sum"], run.params["blend_threshold"])
+    np.savez(run.path / "arrays.npz", **arrays)
+    run = Run.load(run.path)
+    limits = ablation.mask_limits(run)
+    truth = run.gt_mask()
+    saved = metrics.mask_iou(metrics.resize_mask(arrays["mask"][-1, 1], truth.shape[0]), truth)
+    assert limits["mask_iou_grid_ceiling"] == 1.0  # the synthetic truth is drawn on the graph's own grid
+    assert limits["mask_iou_grid_ceiling"] >= limits["mask_iou_best_threshold"] >= saved  # the run's threshold is tried
+    unrefined = ablation.resolve(run, lam=0.0).mask
+    assert limits["mask_iou_unrefined"] == pytest.approx(
+        metrics.mask_iou(metrics.resize_mask(unrefined, truth.shape[0]), truth))
+    assert limits["mask_iou_unrefined"] < saved  # the spill blobs cost the raw attention IoU
+    (run.path / "gt_mask.png").unlink()
+    assert ablation.mask_limits(Run.load(run.path)) == {}  # no ground truth, nothing to split
+
+
+def test_union_mask_follows_the_runs_target_mask():
+    map_sum = np.zeros((2, 4))
+    map_sum[0, 0] = map_sum[1, 3] = 1.0
+    assert ablation.union_mask(map_sum, 0.5).ravel().tolist() == [True, False, False, True]
+    assert ablation.union_mask(map_sum, 0.5, "source").ravel().tolist() == [True, False, False, False]
+
+
 def test_solver_comparison_on_a_run(tmp_path):
     run, _ = synthetic_run(tmp_path)
     table = solvers.compare_solvers(run, solvers=("cg", "cholesky", "jacobi", "vimaedit", "irls"))

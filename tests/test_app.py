@@ -98,6 +98,7 @@ def test_refinement_sliders_resolve_from_saved_maps(runs):
     assert after["IoU (λ = 0)"] == after["IoU (λ = 0.0)"]  # λ = 0 shown beside itself is identical
     assert iou["IoU (λ = 0)"] == after["IoU (λ = 0)"]
     assert any("exact re-solve" in c.value for c in at.caption)
+    assert any("Where the run's own IoU goes" in m.value and "grid would reach" in m.value for m in at.markdown)
 
 
 def test_solver_page_table(runs):
