@@ -33,8 +33,8 @@ def _edit(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from .loading import load_model
-    from .pipeline import EditParams, locatedit_edit
+    from .loading import load_model, resolve
+    from .pipeline import EditParams, locatedit_edit, read_image
     from .run import save_run
 
     params = _params(args)
@@ -56,6 +56,11 @@ def _edit(args: argparse.Namespace) -> int:
     out = args.out
     if out is not None and out.exists():
         raise ValueError(f"{out} already exists; runs are never overwritten, pick a new --out")
+    # Everything that can be checked without the weights fails here, before a model (minutes for SD 1.5) loads.
+    image = read_image(image)
+    spec = resolve(args.model)
+    for prompt in (source_prompt, target_prompt):
+        spec.check_prompt(prompt)
     model = load_model(args.model)
     bar = tqdm(total=params.steps, desc="denoising", unit="step")
 

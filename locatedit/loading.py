@@ -6,8 +6,11 @@ model's name.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +39,7 @@ class ModelSpec:
     # x0-predictions are clamped to [-r, r] (the reference's clip_sample=True with DDIM's range 1 on SD latents). A
     # model whose scaled latents spread wider gives its own r, or clamping would destroy its reconstructions.
     latent_clip_range: float = 1.0
+    half_on_cuda: bool = False  # SD 1.5 loads in float16 on CUDA; the tiny models stay in float32
 
     def check_prompt(self, prompt: str) -> None:
         """Refuse words outside a closed vocabulary, with the list of known words."""
@@ -81,11 +85,14 @@ SD15 = ModelSpec(
     mask_resolution=16,
     how_to_get="download SD 1.5, h94/IP-Adapter and laion/CLIP-ViT-H-14 into the Hugging Face cache on a machine "
     "with internet (or set LOCATEDIT_SD15 to a local SD 1.5 folder)",
+    half_on_cuda=True,
 )
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
 
 
 def resolve(name_or_path: str) -> ModelSpec:
-    """'shapeworld', 'sd15', or a folder holding a model in the ShapeWorld layout (locatedit.json beside it)."""
+    """'shapeworld', 'sd15', a folder holding a model in the ShapeWorld layout (locatedit.json beside it), or an SD
+    1.5-architecture pipeline as a diffusers folder or a hub id (with SD 1.5's IP-Adapter and CLIP)."""
     if name_or_path == "shapeworld":
         if not (SHAPEWORLD_DIR / SPEC_FILE).is_file():
             raise ModelNotAvailableError(
@@ -98,10 +105,31 @@ def resolve(name_or_path: str) -> ModelSpec:
     path = Path(name_or_path)
     if (path / SPEC_FILE).is_file():
         return local_spec(path)
+    if (path / "model_index.json").is_file() or (not path.exists() and HUB_ID.match(name_or_path)):
+        return dataclasses.replace(
+            SD15, name=name_or_path, pipeline=name_or_path,
+            how_to_get=f"put '{name_or_path}' in the Hugging Face cache (or pass a local diffusers folder) on a "
+            "machine with internet, with h94/IP-Adapter and laion/CLIP-ViT-H-14 beside it")
     raise ModelNotAvailableError(
-        f"unknown model '{name_or_path}': use 'shapeworld' (embedded, runs on CPU), 'sd15' (needs the SD 1.5 weights) "
-    "or a folder exported by `python -m locatedit.shapeworld train`"
+        f"unknown model '{name_or_path}': use 'shapeworld' (embedded, runs on CPU), 'sd15' or a hub id such as "
+        "runwayml/stable-diffusion-v1-5 (needs the SD 1.5 weights), a diffusers folder, or a folder exported by "
+        "`python -m locatedit.shapeworld train`"
     )
+
+
+class _HarmlessNotice(logging.Filter):
+    """Drops two library notices that are wrong for this project and only confuse users: transformers asks for
+    torchvision, which the project runs without on purpose (PyPI's torchvision does not import beside the CPU torch
+    build), and diffusers warns about casting a UNet whose list of float32-only modules is empty."""
+
+    TEXTS = ("requires torchvision (not installed)", "should be kept in float32: []")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in self.TEXTS)
+
+
+_HARMLESS_NOTICE = _HarmlessNotice()
+QUIETED_LOGGERS = ("transformers.utils.import_utils", "diffusers.models.modeling_utils")
 
 
 @dataclass
@@ -118,15 +146,23 @@ class LoadedModel:
 
 def load_model(name_or_path: str = "shapeworld", device: str | None = None, dtype=None) -> LoadedModel:
     """Load pipeline + IP-Adapter + CLIP, install attention recorders; clear errors when weights are missing."""
+    for name in QUIETED_LOGGERS:  # before diffusers is imported: the torchvision notice comes with the import
+        logging.getLogger(name).addFilter(_HARMLESS_NOTICE)
     import torch
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPModel, CLIPTokenizer
 
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
     from .attention import install_recorders
+
+    diffusers_logging.disable_progress_bar()  # per-file loading bars; the CLI's one bar is the denoising
+    transformers_logging.disable_progress_bar()
 
     spec = resolve(name_or_path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or (torch.float16 if device.startswith("cuda") and spec.name == "sd15" else torch.float32)
+    dtype = dtype or (torch.float16 if device.startswith("cuda") and spec.half_on_cuda else torch.float32)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             spec.pipeline, dtype=dtype, safety_checker=None, requires_safety_checker=False

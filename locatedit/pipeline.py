@@ -133,23 +133,43 @@ class EditResult:
 Progress = Callable[[str, int, int], None]
 
 
-def prepare_image(image: Image.Image | np.ndarray | str, size: int) -> tuple[Image.Image, str | None]:
-    """Centre-crop to a square and resize (the reference's load_512); clear errors for broken or huge files.
+def read_image(image: Image.Image | np.ndarray | str | Path) -> Image.Image:
+    """A fully decoded image, from a file, an array or a PIL image; clear errors for broken, missing or huge files
+    (the CLI calls it before loading a model, so a bad file fails in a second)."""
+    def check_size(width: int, height: int) -> None:
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ValueError(
+                f"the image is {width}x{height} pixels; images over {MAX_IMAGE_PIXELS // 1_000_000} MP are refused "
+                "(the edit runs at the model's own size anyway): downscale it first")
 
-    Returns the image and a note when it had to be cropped (the caller reports it)."""
+    def unreadable(err: Exception) -> ValueError:
+        return ValueError(f"could not read the image '{image}' ({err}); use a PNG or JPEG file")
+
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    if not isinstance(image, Image.Image):
+    if isinstance(image, Image.Image):
+        check_size(*image.size)
+        return image
+    try:
+        opened = Image.open(image)  # reads the header only, so the size is checked before decoding
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"the image is too large to open safely ({err}): downscale it first") from err
+    except (OSError, ValueError) as err:
+        raise unreadable(err) from err
+    with opened:
+        check_size(*opened.size)
         try:
-            image = Image.open(image)
-            image.load()
+            opened.load()
         except (OSError, ValueError) as err:
-            raise ValueError(f"could not read the image '{image}' ({err}); use a PNG or JPEG file") from err
-    if image.width * image.height > MAX_IMAGE_PIXELS:
-        raise ValueError(
-            f"the image is {image.width}x{image.height} pixels; images over {MAX_IMAGE_PIXELS // 1_000_000} MP are "
-            "refused (the edit runs at {size}x{size} anyway): downscale it first"
-        )
+            raise unreadable(err) from err
+        return opened.copy()
+
+
+def prepare_image(image: Image.Image | np.ndarray | str | Path, size: int) -> tuple[Image.Image, str | None]:
+    """Centre-crop to a square and resize (the reference's load_512).
+
+    Returns the image and a note when it had to be cropped (the caller reports it)."""
+    image = read_image(image)
     image = image.convert("RGB")
     side = min(image.size)
     note = None

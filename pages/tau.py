@@ -5,6 +5,7 @@ import streamlit as st
 from analysis.figures import lines_figure, upscale
 from analysis.tau import DEFAULT_KEEPS, edit_at, tau_sweep
 from dashboard.state import intro, model_or_error, pick_run, use_navigation
+from locatedit.loading import ModelNotAvailableError, resolve
 
 use_navigation()
 st.header("τ sensitivity")
@@ -15,7 +16,9 @@ intro("The target branch is guided by an image embedding shifted by the CLIP tex
 run = pick_run()
 if run is None:
     st.stop()
-if run.meta["model"] not in ("shapeworld", "sd15"):
+try:
+    resolve(run.meta["model"])
+except ModelNotAvailableError:
     st.info(f"τ sweeps re-run edits with the run's model; '{run.meta['model']}' is not loadable by name.")
     st.stop()
 keeps = st.multiselect("τ values (% kept)", [0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 91.0935948657488, 100.0],

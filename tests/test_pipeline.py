@@ -190,9 +190,17 @@ def test_bad_inputs_get_clear_errors(tiny, image, tmp_path, monkeypatch):
         locatedit_edit(tiny, image, " ".join(["a red circle"] * 10), TGT, None, EditParams(steps=2))
     with pytest.raises(ValueError, match="guidance"):
         EditParams(target_guidance=500)
+    whole = tmp_path / "whole.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(whole)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(whole.read_bytes()[:60])
+    with pytest.raises(ValueError, match=f"could not read the image '{truncated}'"):  # the path, not a PIL object
+        prepare_image(truncated, 64)
     monkeypatch.setattr("locatedit.pipeline.MAX_IMAGE_PIXELS", 100)
     with pytest.raises(ValueError, match="downscale"):
         prepare_image(image, 64)
+    with pytest.raises(ValueError, match="64x64 pixels.*downscale"):  # a file: refused from its header
+        prepare_image(whole, 64)
     with pytest.raises(ValueError, match="solver must be one of .*cg.*, not 'magic'"):
         EditParams(solver="magic")
 
@@ -270,3 +278,42 @@ def test_cli_offers_only_valid_text_values(capsys):
     with pytest.raises(SystemExit):
         main(["edit", "--shapeworld-edit", "change_colour", "--target-mask", "target", "--out", "unused"])
     assert "--target-mask: invalid choice: 'target'" in capsys.readouterr().err
+
+
+def test_models_resolve_by_name_hub_id_or_folder_and_refuse_the_rest(tmp_path, monkeypatch):
+    from locatedit.loading import ModelNotAvailableError, resolve
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub = resolve("runwayml/stable-diffusion-v1-5")
+    assert (hub.name, hub.pipeline, hub.graph_resolution, hub.mask_resolution) == (
+        "runwayml/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5", 32, 16)
+    assert hub.half_on_cuda and not resolve("shapeworld").half_on_cuda
+    (tmp_path / "sd").mkdir()
+    (tmp_path / "sd" / "model_index.json").write_text("{}")
+    assert resolve(str(tmp_path / "sd")).pipeline == str(tmp_path / "sd")
+    with pytest.raises(ModelNotAvailableError, match="unknown model"):
+        resolve(str(tmp_path))  # a folder that holds no model
+    with pytest.raises(ModelNotAvailableError, match="Hugging Face cache"):
+        load_model("someone/not-downloaded-sd15", device="cpu")  # offline: says where the weights go
+
+
+def test_cli_refuses_a_bad_image_or_word_before_loading_a_model(tmp_path, monkeypatch, capsys):
+    import locatedit.loading
+    from locatedit.__main__ import main
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(locatedit.loading, "load_model", no_loading)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    good = tmp_path / "good.png"
+    Image.new("RGB", (64, 64)).save(good)
+    common = ["--target-prompt", "a blue circle on a red background", "--blend", "circle circle"]
+    assert main(["edit", "--image", str(broken), "--source-prompt", "a red circle on a blue background", *common,
+                 "--out", str(tmp_path / "a")]) != 0
+    assert "could not read the image" in capsys.readouterr().err
+    assert main(["edit", "--image", str(good), "--source-prompt", "a red zebra on a blue background", *common,
+                 "--out", str(tmp_path / "b")]) != 0
+    assert "does not know the word(s) ['zebra']" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
