@@ -105,7 +105,7 @@ def intro(text: str) -> None:
 
 
 def model_choices() -> list[str]:
-    """The embedded model, SD 1.5, and any model folders listed in ``LOCATEDIT_MODELS`` (``:``-separated)."""
+    """The embedded model, SD 1.5, and any model folders or SD 1.5 hub ids in ``LOCATEDIT_MODELS`` (``:``-separated)."""
     extra = [p for p in os.environ.get("LOCATEDIT_MODELS", "").split(":") if p]
     return ["shapeworld", "sd15", *extra]
 

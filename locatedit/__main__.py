@@ -154,12 +154,16 @@ def _add_param_flags(parser: argparse.ArgumentParser) -> None:
                                help="default: %(default)s")
 
 
+MODEL_HELP = ("'shapeworld' (default: embedded, CPU), 'sd15', an SD 1.5 hub id (runwayml/stable-diffusion-v1-5) or "
+              "diffusers folder, or a folder exported by `python -m locatedit.shapeworld train`")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m locatedit", description="LOCATEdit Lab command line")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="text to image, optionally with per-token cross-attention maps")
     gen.add_argument("--prompt", required=True)
-    gen.add_argument("--model", default="shapeworld", help="'shapeworld' (default, CPU), 'sd15', or a model folder")
+    gen.add_argument("--model", default="shapeworld", help=MODEL_HELP)
     gen.add_argument("--seed", type=int, default=1)
     gen.add_argument("--steps", type=int, default=50)
     gen.add_argument("--guidance", type=float, default=5.0)
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   "change_background", "add_object", "remove_object"],
                     help="instead of an image: a generated ShapeWorld edit, saved with its ground truth")
     ed.add_argument("--scene-seed", type=int, default=0, help="seed of the generated ShapeWorld edit")
-    ed.add_argument("--model", default="shapeworld", help="'shapeworld', 'sd15', or a model folder")
+    ed.add_argument("--model", default="shapeworld", help=MODEL_HELP)
     ed.add_argument("--out", type=Path, help="the run directory to create (default: data/runs/<new id>)")
     _add_param_flags(ed)
     ed.set_defaults(run=_edit)
@@ -187,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="locatedit, no_laplacian, vimaedit_smoothing, p2p_localblend, no_pruning")
     bench.add_argument("--limit", type=int, help="first N items only")
     bench.add_argument("--types", nargs="+", help="editing type ids (0-9) or names")
-    bench.add_argument("--model", default="shapeworld")
+    bench.add_argument("--model", default="shapeworld", help=MODEL_HELP)
     _add_param_flags(bench)
     bench.set_defaults(run=_bench)
     exp = sub.add_parser("export-shapeworld", help="write a ShapeWorld edit set in PIE-Bench's format")

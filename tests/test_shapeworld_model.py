@@ -99,29 +99,35 @@ def colour_edit(model, seed: int):
     return source, target, truth, edited, mask
 
 
+@pytest.fixture(scope="module")
+def twenty_colour_edits(model) -> dict[int, tuple[bool, float, float]]:
+    """Scene seeds 0-19, one colour edit each: (target colour hit inside the truth, true background PSNR, mask IoU)."""
+    rows = {}
+    for seed in range(20):
+        source, target, truth, edited, mask = colour_edit(model, seed)
+        rows[seed] = (region_colour(edited, truth) == region_colour(target, truth),
+                      true_background_psnr(source, edited, truth, dilate=2), mask_iou(mask, truth))
+    return rows
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_colour_edit_stays_on_the_object_and_keeps_the_background(model, seed):
+def test_colour_edit_stays_on_the_object_and_keeps_the_background(twenty_colour_edits, seed):
     """Guard: the object takes the target colour (all three seeds; the model before binding missed seed 2), the
     background outside the dilated truth is kept (measured 32-41 dB) and the mask sits on the object (IoU 0.59 / 0.42
     / 0.51 on these seeds; the model before grounding had 0.16 and 22 dB)."""
-    source, target, truth, edited, mask = colour_edit(model, seed)
-    assert region_colour(edited, truth) == region_colour(target, truth), "the object did not take the target colour"
-    assert true_background_psnr(source, edited, truth, dilate=2) >= 30.0
-    assert mask_iou(mask, truth) >= 0.38
+    hit, background, iou = twenty_colour_edits[seed]
+    assert hit, "the object did not take the target colour"
+    assert background >= 30.0
+    assert iou >= 0.38
 
 
-@pytest.mark.gates
-def test_colour_edits_meet_the_pipeline_goals_over_twenty_scenes(model):
+def test_colour_edits_meet_the_pipeline_goals_over_twenty_scenes(twenty_colour_edits):
     """Issue 4's goals over 20 generated colour edits (scene seeds 0-19): the object takes the target colour inside
     the truth, the background outside the dilated truth keeps >= 30 dB, the mask's IoU with the truth >= 0.5, each as
     a mean (hit rate for the colour). Measured: hit 0.90, 38.9 dB, IoU 0.540; all three in the same edit only 10 of
-    20 (see the line printed with -s, and benchmarks/results/bench_shapeworld_summary.md for the benchmark's 20)."""
-    rows = []
-    for seed in range(20):
-        source, target, truth, edited, mask = colour_edit(model, seed)
-        rows.append((region_colour(edited, truth) == region_colour(target, truth),
-                     true_background_psnr(source, edited, truth, dilate=2), mask_iou(mask, truth)))
-    hit, background, iou = (np.array(column, dtype=float) for column in zip(*rows))
+    20 (see the line printed with -s; the misses are mostly objects under 6 cells of the 8x8 cross-attention grid:
+    benchmarks/results/bench_shapeworld_summary.md splits each miss into grid, threshold and attention)."""
+    hit, background, iou = (np.array(column, dtype=float) for column in zip(*twenty_colour_edits.values()))
     every = (hit == 1) & (background >= 30) & (iou >= 0.5)
     print(f"colour hit {hit.mean():.2f}, true background {background.mean():.1f} dB, mask IoU {iou.mean():.3f}, "
           f"all three goals in {every.sum()} of 20 (seeds {np.flatnonzero(~every).tolist()} miss one)")
@@ -131,9 +137,10 @@ def test_colour_edits_meet_the_pipeline_goals_over_twenty_scenes(model):
 @pytest.mark.gates
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_colour_edit_meets_the_pipeline_goals(model, seed):
-    """Issue 4's goals: the object takes the target colour inside the truth, background >= 30 dB, mask IoU >= 0.5
-    (seeds 0 and 2 meet them; seed 1's mask IoU is 0.42: its star covers 113 pixels, about three 16x16 latent cells
-    across, and the best mask on that grid reaches 0.67)."""
+    """A stricter bar than issue 4's goals over 20 images: every edit on its own (seeds 0 and 2 meet it; seed 1's mask
+    IoU is 0.42: its star covers 113 pixels, 1.8 cells of the 8x8 cross-attention grid; the best mask on the 16x16
+    graph grid would reach 0.67 and the run's summed map at its best threshold 0.54, so the attention's shape, not
+    the threshold, loses most of it)."""
     source, target, truth, edited, mask = colour_edit(model, seed)
     assert region_colour(edited, truth) == region_colour(target, truth), "the object did not take the target colour"
     assert true_background_psnr(source, edited, truth, dilate=2) >= 30.0
