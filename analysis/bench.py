@@ -56,17 +56,37 @@ def run_path(out: Path, method: str, item: BenchItem) -> Path:
     return out / "runs" / method / item.key
 
 
+def _resume_mismatch(run: Run, model, params: EditParams, item: BenchItem) -> str | None:
+    """What differs between a finished run and the edit this benchmark would make in its place (None: the same)."""
+    meta = run.meta
+    if meta["model"] != model.spec.name:
+        return f"model '{meta['model']}', not '{model.spec.name}'"
+    if meta.get("model_fingerprint") != model.fingerprint:
+        return f"other weights of '{model.spec.name}' (fingerprint {meta.get('model_fingerprint')}, now {model.fingerprint})"
+    changed = sorted(k for k, v in json.loads(json.dumps(params.to_dict())).items() if meta["params"].get(k) != v)
+    if changed:
+        return f"other parameters ({', '.join(changed)})"
+    if (meta["source_prompt"], meta["target_prompt"]) != (item.source_prompt, item.target_prompt):
+        return "other prompts"
+    return None
+
+
 def run_item(model, item: BenchItem, method: str, out: Path, base: EditParams, process: int = 0) -> Run:
     """Edit one item with one method unless its run already exists (resume)."""
     from locatedit.pipeline import locatedit_edit
 
     path = run_path(out, method, item)
+    params = dataclasses.replace(base, **METHODS[method])
     if path.exists():
         try:
-            return Run.load(path)
+            run = Run.load(path)
         except RunError:
             raise RunError(f"{path} exists but is not a complete run; delete it to redo that item") from None
-    params = dataclasses.replace(base, **METHODS[method])
+        reason = _resume_mismatch(run, model, params, item)
+        if reason:
+            raise RunError(f"{path} was made with {reason}, so resuming would mix two benchmarks; pass a new --out "
+                           "or delete the old one")
+        return run
     image = Image.open(item.image_path)
     gt_mask = item.mask((image.height, image.width))
     result = locatedit_edit(model, image, item.source_prompt, item.target_prompt, item.blend_words, params)

@@ -128,6 +128,7 @@ class EditResult:
     timings: dict[str, float]
     warnings: list[str] = field(default_factory=list)
     layers: dict[str, list[str]] = field(default_factory=dict)  # names of the recorded layers, in array order
+    model_fingerprint: str | None = None  # content hash of the weights (locatedit.loading.weights_fingerprint)
 
 
 Progress = Callable[[str, int, int], None]
@@ -431,7 +432,7 @@ def locatedit_edit(
         params=params, model=spec.name, source_prompt=source_prompt, target_prompt=target_prompt,
         blend_words=blend_words, source_image=source_image, reconstruction=Image.fromarray(decoded[0]),
         edited=Image.fromarray(decoded[1]), arrays=arrays, tokens=tokens, timings=timings, warnings=warnings,
-        layers=layers,
+        layers=layers, model_fingerprint=model.fingerprint,
     )
 
 

@@ -99,6 +99,7 @@ def save_run(
             "id": run_id,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "model": result.model,
+            "model_fingerprint": result.model_fingerprint,
             "source_prompt": result.source_prompt,
             "target_prompt": result.target_prompt,
             "blend_words": list(result.blend_words) if result.blend_words else None,

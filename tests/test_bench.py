@@ -1,4 +1,5 @@
 """Benchmark runs: resumable, filtered by type, scored into one table, sharded across 2 CPU processes."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from analysis.bench import collect, per_type_table, run_benchmark, select
 from locatedit.loading import load_model
 from locatedit.piebench import load_mapping
 from locatedit.pipeline import EditParams
+from locatedit.run import RunError
 from locatedit.shapeworld.train import export_untrained
 from locatedit.shapeworld.world import export_piebench, sample_edits
 
@@ -38,6 +40,12 @@ def test_resume_skips_finished_items_and_scores_them(setup, tmp_path):
     assert len(table) == 4 and set(table.method) == {"locatedit", "no_laplacian"}
     assert {"bg_psnr", "mask_iou_gt", "target_psnr", "fail_background_drift"} <= set(table.columns)
     assert (tmp_path / "results.sqlite").exists() and "| method |" in (tmp_path / "summary.md").read_text()
+    assert first[0].joinpath("run.json").read_text().count(model.fingerprint) == 1  # runs say which weights
+    with pytest.raises(RunError, match=r"other parameters \(lam\)"):
+        run_benchmark(model, data, tmp_path, ["locatedit"], limit=1, base=EditParams(steps=4, lam=2.0))
+    retrained = dataclasses.replace(model, fingerprint="0" * 16)
+    with pytest.raises(RunError, match="other weights"):
+        run_benchmark(retrained, data, tmp_path, ["locatedit"], limit=1, base=params)
 
 
 def test_type_filter_and_unknown_method(setup, tmp_path):
