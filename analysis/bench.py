@@ -62,7 +62,8 @@ def _resume_mismatch(run: Run, model, params: EditParams, item: BenchItem) -> st
     if meta["model"] != model.spec.name:
         return f"model '{meta['model']}', not '{model.spec.name}'"
     if meta.get("model_fingerprint") != model.fingerprint:
-        return f"other weights of '{model.spec.name}' (fingerprint {meta.get('model_fingerprint')}, now {model.fingerprint})"
+        return (f"other weights of '{model.spec.name}' (fingerprint {meta.get('model_fingerprint')}, "
+                f"now {model.fingerprint})")
     changed = sorted(k for k, v in json.loads(json.dumps(params.to_dict())).items() if meta["params"].get(k) != v)
     if changed:
         return f"other parameters ({', '.join(changed)})"

@@ -24,8 +24,8 @@ TYPES = {EDIT_TYPES[name]: name for name in ("change_shape", "change_colour", "c
 
 
 # Where the mask IoU goes (analysis.ablation.mask_limits), for the methods that solve CASA masks.
-LIMITS = {"object_m0_cells": "object_m0_cells", "grid_ceiling": "mask_iou_grid_ceiling", "best_threshold_iou": "mask_iou_best_threshold",
-          "unrefined_iou": "mask_iou_unrefined"}
+LIMITS = {"object_m0_cells": "object_m0_cells", "grid_ceiling": "mask_iou_grid_ceiling",
+          "best_threshold_iou": "mask_iou_best_threshold", "unrefined_iou": "mask_iou_unrefined"}
 
 
 # Object size in cells of the cross-attention grid that finds it (m0's resolution: 8x8 on ShapeWorld).

@@ -32,6 +32,7 @@ def test_goals_are_counted_per_object_size_in_attention_cells():
         "object_m0_cells": [1.8, 2.99, 3.0, 12.0, 20.0], "mask_iou_grid_ceiling": [0.6, 0.7, 0.8, 0.9, 1.0]})
     table = by_object_size(results)
     assert [size for _, _, size in table.index] == ["under 3 cells", "3 to 6 cells", "6 cells or more"]
-    small, large = table.loc[("change_colour", "locatedit", "under 3 cells")], table.loc[("change_colour", "locatedit", "6 cells or more")]
+    small = table.loc[("change_colour", "locatedit", "under 3 cells")]
+    large = table.loc[("change_colour", "locatedit", "6 cells or more")]
     assert (small["goals_met"], small["items"], small["grid_ceiling"]) == (1, 2, 0.65)
     assert (large["goals_met"], large["items"]) == (0, 1)  # the colour missed; the background change (type 8) is out
