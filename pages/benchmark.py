@@ -7,6 +7,7 @@ import streamlit as st
 
 from analysis.bench import summary_table
 from analysis.figures import upscale
+from analysis.triage import by_object_size
 from dashboard.state import add_roots, intro, load, use_navigation
 from locatedit.loading import REPO_ROOT
 
@@ -42,6 +43,13 @@ if signature != "any":
     view = view[view[signature].astype(bool)]
 view = view.sort_values(sort)
 st.dataframe(view.round(4), hide_index=True, key="bench_table")
+if "object_m0_cells" in table:
+    st.subheader("Goals by object size")
+    st.caption("Edits of an existing object, by its size in cells of the cross-attention grid (m0), with where the "
+               "mask IoU goes: the graph grid's best possible mask (grid_ceiling), the run's summed map at its best "
+               "threshold, and the map without the Laplacian. goals_met: IoU >= 0.5, true background >= 30 dB and "
+               "the target colour, all in the same edit.")
+    st.dataframe(by_object_size(table[table.method.isin(methods)]).reset_index(), hide_index=True, key="bench_sizes")
 st.subheader(f"Gallery ({min(len(view), 24)} of {len(view)})")
 gallery = st.columns(6)
 for i, (_, row) in enumerate(view.head(24).iterrows()):

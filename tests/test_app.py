@@ -120,6 +120,9 @@ def test_benchmark_page_reads_the_committed_results(runs):
     at = app("pages/benchmark.py")
     summary = at.dataframe[0].value
     assert {"locatedit", "no_laplacian", "p2p_localblend"} <= set(summary.method)
+    sizes = at.dataframe[2].value
+    assert set(sizes["size"]) == {"under 3 cells", "3 to 6 cells", "6 cells or more"}
+    assert (sizes.grid_ceiling >= sizes.best_threshold_iou).all() and (sizes.goals_met <= sizes["items"]).all()
     at.selectbox(key="bench_sig").select("fail_background_drift").run()
     assert not at.exception and at.dataframe[1].value.fail_background_drift.all()
 

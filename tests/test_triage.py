@@ -1,11 +1,7 @@
-"""The per-scene goal table of benchmarks/triage_by_scene.py on a hand-made results table."""
-import sys
-from pathlib import Path
-
+"""The goal tables of analysis.triage (benchmarks/triage_by_scene.py, the Benchmark page) on hand-made results."""
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from triage_by_scene import by_object_size, by_scene  # noqa: E402
+from analysis.triage import by_object_size, by_scene
 
 
 def test_goals_are_counted_per_edit_method_and_scene_kind():
