@@ -32,7 +32,10 @@ def main() -> int:
     parser.add_argument("--tau", type=float, nargs="+", default=[0.0, 25.0, 50.0, 75.0, 91.0935948657488, 100.0])
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    runs = [r for r in list_runs(args.runs) if r.gt_mask() is not None and r.meta["blend_words"]][: args.limit]
+    # In run-id order (the benchmark's keys), so --limit and the τ runs are the same runs on every machine; the
+    # library's own order is newest first, which depends on how the benchmark's processes happened to finish.
+    runs = sorted((r for r in list_runs(args.runs) if r.gt_mask() is not None and r.meta["blend_words"]),
+                  key=lambda r: r.id)[: args.limit]
     if not runs:
         print(f"no runs with ground truth and blend words under {args.runs}")
         return 1
