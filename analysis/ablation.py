@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from locatedit import graph
 
-from .metrics import downsample_mask, mask_iou, resize_mask
+from .metrics import grid_mask_iou
 
 
 @dataclass
@@ -91,9 +91,9 @@ def sweep(run, lams=(0.0, 0.25, 0.78, 2.0, 5.0), alphas=(2.61,), truth: np.ndarr
                    "seconds": r.seconds, "mask": r.mask}
             if truth is not None:
                 gt = np.asarray(truth, bool)
-                small = downsample_mask(gt, side)
-                # spill: share of the blend mask outside the dilated truth; map_spill: the same for the map's mass
-                row |= {"iou": mask_iou(r.mask, small), "spill": spill(r.mask.astype(float), gt),
+                # iou: pixel IoU, as the benchmark's mask_iou_gt; spill: share of the blend mask outside the dilated
+                # truth; map_spill: the same for the map's mass
+                row |= {"iou": grid_mask_iou(r.mask, gt), "spill": spill(r.mask.astype(float), gt),
                         "map_spill": spill(target_map, gt)}
             rows.append(row)
     return pd.DataFrame(rows)
@@ -130,7 +130,7 @@ def mask_limits(run, thresholds: np.ndarray = np.linspace(0.02, 0.98, 49)) -> di
     side = int(round(np.sqrt(arrays["map_sum"].shape[-1])))
 
     def pixel_iou(map_sum: np.ndarray, threshold: float) -> float:
-        return mask_iou(resize_mask(union_mask(map_sum, threshold, target_mask), truth.shape[0]), truth)
+        return grid_mask_iou(union_mask(map_sum, threshold, target_mask), truth)
 
     best = max((pixel_iou(arrays["map_sum"], float(t)), float(t)) for t in [*thresholds, p["blend_threshold"]])
     return {"mask_iou_grid_ceiling": grid_ceiling(truth, side), "mask_iou_best_threshold": best[0],

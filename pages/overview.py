@@ -3,6 +3,7 @@ import numpy as np
 import streamlit as st
 
 from analysis.figures import heatmap_figure, image_figure, overlay, upscale
+from analysis.metrics import mask_iou
 from dashboard.state import pick_run, use_navigation
 from locatedit.graph import DEFAULT_SOLVER, LAM, SOLVERS, binary_mask, refine
 from locatedit.synthetic import casa_case
@@ -62,10 +63,6 @@ res = case.resolution
 truth = case.truth.ravel()
 
 
-def iou(mask: np.ndarray) -> float:
-    return float((mask & truth).sum() / max(1, (mask | truth).sum()))
-
-
 m0_mask, refined_mask = binary_mask(case.m0), binary_mask(result.solution)
 panels = st.columns(4)
 panels[0].plotly_chart(image_figure(case.image, case.caption[:40]), key="img")
@@ -74,7 +71,8 @@ panels[2].plotly_chart(heatmap_figure(result.solution.reshape(res, res), "m*"), 
 panels[3].plotly_chart(heatmap_figure(refined_mask.reshape(res, res).astype(float), "mask (minmax > 0.2204)",
                                       colorscale="Greys"), key="mask")
 metrics = st.columns(4)
-metrics[0].metric("IoU of the m0 mask", f"{iou(m0_mask):.3f}")
-metrics[1].metric("IoU of the m* mask", f"{iou(refined_mask):.3f}", f"{iou(refined_mask) - iou(m0_mask):+.3f}")
+m0_iou, refined_iou = mask_iou(m0_mask, truth), mask_iou(refined_mask, truth)
+metrics[0].metric("IoU of the m0 mask", f"{m0_iou:.3f}")
+metrics[1].metric("IoU of the m* mask", f"{refined_iou:.3f}", f"{refined_iou - m0_iou:+.3f}")
 metrics[2].metric("solver iterations", result.iterations)
 metrics[3].metric("solve time", f"{result.seconds * 1000:.1f} ms")

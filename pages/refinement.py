@@ -4,7 +4,7 @@ import streamlit as st
 
 from analysis.ablation import mask_limits, resolve, spill
 from analysis.figures import heatmap_figure, image_figure, overlay, upscale
-from analysis.metrics import mask_iou, resize_mask
+from analysis.metrics import grid_mask_iou
 from dashboard.state import intro, pick_run, use_navigation
 from locatedit import graph
 
@@ -55,7 +55,7 @@ truth = run.gt_mask()
 if truth is not None:
     panels[3].plotly_chart(image_figure(upscale(overlay(source, truth.astype(float), colour=(40, 200, 80))),
                                         "ground truth"), key="ref_truth")
-    raw_iou, refined_iou = (mask_iou(resize_mask(r.mask, truth.shape[0]), truth) for r in (raw, refined))
+    raw_iou, refined_iou = (grid_mask_iou(r.mask, truth) for r in (raw, refined))
     m = st.columns(4)
     m[0].metric("IoU (λ = 0)", f"{raw_iou:.3f}")
     m[1].metric(f"IoU (λ = {lam})", f"{refined_iou:.3f}", f"{refined_iou - raw_iou:+.3f}")
