@@ -78,7 +78,7 @@ def main() -> int:
               s.round(6).to_markdown(index=False), ""]
     f = pd.DataFrame(fail_rows)
     lines += ["## 6. Failure signatures", "", f.select_dtypes("number").describe().loc[["mean", "min", "max"]]
-              .round(3).to_markdown(), "", f"flag rates: " + ", ".join(
+              .round(3).to_markdown(), "", "flag rates: " + ", ".join(
                   f"{c} {f[c].mean():.0%}" for c in ("over_smoothing", "background_drift", "structure_loss")), ""]
 
     if args.tau_runs:

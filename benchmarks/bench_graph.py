@@ -257,7 +257,7 @@ def main() -> None:
     warm = warm_start_experiment(ARGS.warm_size)
     meta["loadavg_end"] = os.getloadavg()
 
-    lines = [f"# CASA graph solvers: batch of 2, float32 S, whole `refine` call (build + solve)", "",
+    lines = ["# CASA graph solvers: batch of 2, float32 S, whole `refine` call (build + solve)", "",
              f"threads={ARGS.threads} (torch reports {meta['torch_threads']}), torch {meta['torch']}, numpy "
              f"{meta['numpy']}, {meta['cpus']} CPUs; load average start {load0[0]:.2f} / end "
              f"{meta['loadavg_end'][0]:.2f}; median of up to {ARGS.repeats} runs; rtol 1e-5; default solver "

@@ -28,13 +28,11 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _edit(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from PIL import Image
     from tqdm import tqdm
 
     from .loading import load_model, resolve
-    from .pipeline import EditParams, locatedit_edit, read_image
+    from .pipeline import locatedit_edit, read_image
     from .run import save_run
 
     params = _params(args)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar
+from pathlib import Path
+from typing import BinaryIO, ClassVar
 
 import numpy as np
 import torch
@@ -134,9 +135,9 @@ class EditResult:
 Progress = Callable[[str, int, int], None]
 
 
-def read_image(image: Image.Image | np.ndarray | str | Path) -> Image.Image:
-    """A fully decoded image, from a file, an array or a PIL image; clear errors for broken, missing or huge files
-    (the CLI calls it before loading a model, so a bad file fails in a second)."""
+def read_image(image: Image.Image | np.ndarray | str | Path | BinaryIO) -> Image.Image:
+    """A fully decoded image, from a path, an open file (an upload), an array or a PIL image; clear errors for broken,
+    missing or huge files (the CLI calls it before loading a model, so a bad file fails in a second)."""
     def check_size(width: int, height: int) -> None:
         if width * height > MAX_IMAGE_PIXELS:
             raise ValueError(
@@ -144,7 +145,8 @@ def read_image(image: Image.Image | np.ndarray | str | Path) -> Image.Image:
                 "(the edit runs at the model's own size anyway): downscale it first")
 
     def unreadable(err: Exception) -> ValueError:
-        return ValueError(f"could not read the image '{image}' ({err}); use a PNG or JPEG file")
+        name = image if isinstance(image, (str, Path)) else getattr(image, "name", image)  # an upload has a name
+        return ValueError(f"could not read the image '{name}' ({err}); use a PNG or JPEG file")
 
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
@@ -455,8 +457,6 @@ class LocatEditPipeline:
     def edit(self, image, source_prompt: str, target_prompt: str, blend_words, out=None,
              progress: Progress | None = None, gt_mask=None, gt_target=None, **params):
         """``params``: any ``EditParams`` field; ``out``: the run directory (default: data/runs/<new id>)."""
-        from pathlib import Path
-
         from .loading import REPO_ROOT
         from .run import save_run
 

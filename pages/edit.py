@@ -10,7 +10,7 @@ from analysis.figures import heatmap_figure, lines_figure, overlay, upscale
 from dashboard import jobs
 from dashboard.state import (intro, load, model_choices, model_or_error, pick_run, refresh_library, save_root,
                              use_navigation)
-from locatedit.pipeline import EditParams
+from locatedit.pipeline import EditParams, read_image
 from locatedit.shapeworld.world import EDIT_TYPES, sample_edit
 
 use_navigation()
@@ -37,11 +37,10 @@ elif source_kind == "Upload an image":
     upload = st.file_uploader("Image (PNG or JPEG; centre-cropped to a square)", type=["png", "jpg", "jpeg"],
                               key="edit_upload")
     if upload is not None:
-        try:
-            image = Image.open(upload)
-            image.load()
-        except Exception as err:  # a broken upload gets a message, not a traceback
-            st.error(f"That file is not a readable image ({err}). Try a PNG or JPEG.")
+        try:  # the pipeline's own reader: size checked from the header, fully decoded, clear messages
+            image = read_image(upload)
+        except ValueError as err:
+            st.error(str(err))
             image = None
 else:
     run = pick_run(key="edit_from_run", label="Source run", sidebar=False)

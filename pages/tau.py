@@ -1,5 +1,4 @@
 """τ sensitivity: sweep the share of the CLIP text offset kept and watch the edit appear."""
-import numpy as np
 import streamlit as st
 
 from analysis.figures import lines_figure, upscale

@@ -69,7 +69,6 @@ def test_networkx_export_and_neighbours():
 def synthetic_run(tmp_path, seed=2, per_step=True):
     """A saved run whose m0 (with spill blobs) and S come from a synthetic case: known truth, no model."""
     case = casa_case(seed=seed, spill=3)
-    n = case.m0.size
     m0 = np.repeat(np.stack([case.m0, case.m0])[None], STEPS, 0).astype(np.float32)
     m_star = np.full_like(m0, np.nan)
     m_star[1:] = m0[1:]  # solve steps 1..5

@@ -1,6 +1,4 @@
 """The dashboard as a newcomer opens it: the committed example runs of the trained model, and a real τ sweep."""
-import os
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest

@@ -111,3 +111,25 @@ def test_edit_click_a_patch_and_screenshot_every_page(server, browser_page):
         settle(page)
         assert page.locator("[data-testid='stException']").count() == 0, name
         page.screenshot(path=str(ARTIFACTS / f"page-{name or 'overview'}.png"), full_page=True)
+
+
+def test_a_broken_upload_gets_a_message_and_a_good_one_is_shown(server, browser_page, tmp_path):
+    from PIL import Image
+
+    page = browser_page
+    page.goto(f"{server}/edit")
+    settle(page)
+    page.get_by_text("Upload an image").click()
+    settle(page)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    page.locator("input[type='file']").set_input_files(str(broken))
+    page.get_by_text("could not read the image 'broken.png'").wait_for(timeout=60_000)
+    settle(page)
+    assert page.locator("[data-testid='stException']").count() == 0
+    good = tmp_path / "good.png"
+    Image.new("RGB", (96, 64), (200, 40, 40)).save(good)
+    page.locator("input[type='file']").set_input_files(str(good))
+    page.get_by_text("source", exact=True).wait_for(timeout=60_000)  # the uploaded image's caption
+    settle(page)
+    assert page.locator("[data-testid='stAlertContentError']").count() == 0

@@ -5,7 +5,7 @@ import torch
 from diffusers import DDIMScheduler
 from PIL import Image
 
-from locatedit.attention import CROSS, IP, SELF, layer_resolutions
+from locatedit.attention import layer_resolutions
 from locatedit.loading import load_model
 from locatedit.p2p import BlendWordError, new_word_indices, refinement_mapper, word_token_indices
 from locatedit.pipeline import EditParams, edit_scheduler, edit_step, locatedit_edit, prepare_image
