@@ -302,7 +302,7 @@ def locatedit_edit(
     # ---- control
     scheduler = edit_scheduler(pipe)
     scheduler.set_timesteps(params.steps, device=device)
-    resolutions = layer_resolutions(pipe.unet)
+    resolutions = layer_resolutions(pipe.unet, sample_size=x0.shape[-1])  # the latent's own size, not the config's
     mapper, alphas = refinement_mapper(tokenizer, source_prompt, target_prompt)
     equalizer = torch.ones(tokenizer.model_max_length)
     equalizer[new_word_indices(tokenizer, source_prompt, target_prompt)] = params.equalizer

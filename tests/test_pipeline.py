@@ -123,6 +123,18 @@ def test_edit_records_what_a_run_needs(edit):
     assert edit.tokens["target"][3] == "square"
 
 
+def test_layers_are_chosen_at_the_latents_own_resolution(tiny, image):
+    """The same weights run at twice their image size: S and m0 come from the layers that really are at the spec's
+    resolutions then (32x32 and 16x16), not from those the UNet's config names for its training size."""
+    import dataclasses
+
+    spec = dataclasses.replace(tiny.spec, image_size=128, graph_resolution=32, mask_resolution=16)
+    big = locatedit_edit(dataclasses.replace(tiny, spec=spec), image, SRC, TGT, ("circle", "square"), EditParams(steps=3))
+    a = big.arrays
+    assert a["m0"].shape == (3, 2, 32 * 32) and a["mask"].shape == (3, 2, 32, 32) and big.edited.size == (128, 128)
+    assert a["cross_maps"].shape[-2:] == (16, 16) and a["self_attention_mean"].shape == (2, 1024, 1024)
+
+
 def test_target_mask_is_the_union_and_blending_keeps_the_background(edit):
     masks = edit.arrays["mask"]
     assert (masks[:, 1] >= masks[:, 0]).all()
