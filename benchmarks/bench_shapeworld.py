@@ -85,10 +85,10 @@ def gate_attention(model, scenes, timesteps=(200, 500, 800), k=8) -> dict:
     """Object-word cross-attention IoU against the ground truth, and self-attention neighbour purity."""
     pipe, spec = model.pipe, model.spec
     device = model.device
-    resolutions = layer_resolutions(pipe.unet)
-    images = np.stack([render(s)[0] for s in scenes])
-    masks = [render(s)[1][0] for s in scenes]
+    images = np.stack([render(s, spec.image_size)[0] for s in scenes])
+    masks = [render(s, spec.image_size)[1][0] for s in scenes]
     x0 = pipe.vae.encode(to_tensor(images, device)).latent_dist.mean * pipe.vae.config.scaling_factor
+    resolutions = layer_resolutions(pipe.unet, sample_size=x0.shape[-1])
     ids = pipe.tokenizer([s.caption for s in scenes], padding="max_length", return_tensors="pt").input_ids.to(device)
     context = pipe.text_encoder(ids).last_hidden_state
     zeros = torch.zeros(len(scenes), 1, model.clip.config.projection_dim, device=device)

@@ -7,7 +7,9 @@ IoU on that grid (benchmarks/results/bench_shapeworld_summary.md). Its VAE and U
 attention, so they run at 128 px as they are (32x32 latent: S at 32x32, m0 at 16x16). This script edits the same 20
 generated colour scenes as the test suite (scene seeds 0-19, rendered at --size) and reports, per scene and in all,
 the target colour hit, the true background PSNR (outside the truth dilated by the same share of the image), the mask
-IoU, the reconstruction's PSNR (the source branch: how well the VAE keeps the image at this size) and seconds.
+IoU, the reconstruction's PSNR (the source branch: how well the VAE keeps the image at this size) and seconds; then
+the object word's cross-attention IoU at m0's resolution and the self-attention purity (issue 3's attention gate,
+``bench_shapeworld.gate_attention``) on 16 one-object scenes at that size.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from locatedit.runtime import configure_threads  # noqa: E402
 
 THREADS = configure_threads()
@@ -25,9 +28,10 @@ THREADS = configure_threads()
 import numpy as np  # noqa: E402
 
 from analysis.metrics import grid_mask_iou, psnr, region_colour, true_background_psnr  # noqa: E402
+from bench_shapeworld import gate_attention  # noqa: E402
 from locatedit.loading import load_model  # noqa: E402
 from locatedit.pipeline import EditParams, locatedit_edit  # noqa: E402
-from locatedit.shapeworld.world import IMAGE_SIZE, sample_edit  # noqa: E402
+from locatedit.shapeworld.world import IMAGE_SIZE, sample_edit, sample_scene  # noqa: E402
 
 
 def main() -> int:
@@ -61,6 +65,12 @@ def main() -> int:
     print(f"size {args.size} ({THREADS} threads): colour hit {hit.mean():.2f}, true background {bg.mean():.1f} dB, "
           f"mask IoU {iou.mean():.3f} (>= 0.5 in {(iou >= 0.5).sum()}), reconstruction {rec.mean():.1f} dB, "
           f"all three goals in {every.sum()} of {len(rows)}, {sec.mean():.1f} s per edit")
+    rng = np.random.default_rng(77)
+    attention = gate_attention(model, [sample_scene(rng, n_objects=1) for _ in range(16)])["per_t"]
+    for t, row in attention.items():
+        print(f"t = {t}: object-word cross-attention IoU at {spec.mask_resolution}x{spec.mask_resolution} "
+              f"{row['cross_iou']:.3f}, self-attention purity of object patches {row['self_purity_object']:.3f} "
+              f"(a distance graph: {row['spatial_purity_object']:.3f})")
     return 0
 
 
