@@ -213,6 +213,9 @@ def test_bad_inputs_get_clear_errors(tiny, image, tmp_path, monkeypatch):
         prepare_image(image, 64)
     with pytest.raises(ValueError, match="64x64 pixels.*downscale"):  # a file: refused from its header
         prepare_image(whole, 64)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's own bomb guard fires at open, before our check
+    with pytest.raises(ValueError, match="too large to open safely.*downscale"):
+        prepare_image(whole, 64)
     with pytest.raises(ValueError, match="solver must be one of .*cg.*, not 'magic'"):
         EditParams(solver="magic")
 
@@ -329,3 +332,7 @@ def test_cli_refuses_a_bad_image_or_word_before_loading_a_model(tmp_path, monkey
                  "--out", str(tmp_path / "b")]) != 0
     assert "does not know the word(s) ['zebra']" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    (tmp_path / "c").mkdir()
+    assert main(["edit", "--image", str(good), "--source-prompt", "a red circle on a blue background", *common,
+                 "--out", str(tmp_path / "c")]) != 0
+    assert "already exists; runs are never overwritten" in capsys.readouterr().err
